@@ -1,0 +1,801 @@
+//! The JSON documents that cross process boundaries: image metadata, tags, pointers, audit
+//! records, agent registrations and the promotion message. Each is defined here once.
+//!
+//! Field names follow the original Go s3dock so its buckets stay readable; everything new is
+//! an optional, additive field. What we write carries `schema_version`; a document without one
+//! was written by the original tool and is read as version 0. A version newer than
+//! [`SCHEMA_VERSION`] is refused, never guessed at.
+//!
+//! Every document read from a bucket is untrusted: [`decode`] bounds its size, checks it is a
+//! JSON object, checks the version, deserializes and then validates the values (hex digests,
+//! keys, names), so hostile JSON ends as a one-line [`DocError`], never a panic.
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::names::{AgentId, AppName, EnvName, ImageRef, ObjectKey};
+
+/// The schema version of every document this build writes.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Larger documents are refused unread: no s3dock document comes near this.
+pub const MAX_DOC_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocError {
+    #[error(
+        "{key}: {size} bytes is more than the {max} bytes an s3dock document may have; it was not written by s3dock — inspect it, then restore or delete it"
+    )]
+    TooLarge { key: String, size: u64, max: usize },
+    #[error(
+        "{key}: not valid s3dock JSON ({detail}); restore the previous version (S3 versioning) or write it again with s3dock"
+    )]
+    Malformed { key: String, detail: String },
+    #[error(
+        "{key}: schema version {found} is newer than this s3dock understands (up to {supported}); upgrade s3dock"
+    )]
+    UnsupportedVersion {
+        key: String,
+        found: u64,
+        supported: u32,
+    },
+    #[error(
+        "{key}: {detail}; restore the previous version (S3 versioning) or write it again with s3dock"
+    )]
+    Invalid { key: String, detail: String },
+}
+
+/// A document type: how to check its values once it parsed.
+pub trait Document: Serialize + DeserializeOwned {
+    /// Checks values that the type system cannot (digests, keys, names).
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Parses and validates an untrusted document read from `key`.
+pub fn decode<T: Document>(key: &str, bytes: &[u8]) -> Result<T, DocError> {
+    if bytes.len() > MAX_DOC_BYTES {
+        return Err(DocError::TooLarge {
+            key: key.to_owned(),
+            size: bytes.len() as u64,
+            max: MAX_DOC_BYTES,
+        });
+    }
+    let malformed = |detail: String| DocError::Malformed {
+        key: key.to_owned(),
+        detail,
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    let Some(obj) = value.as_object() else {
+        return Err(malformed("expected a JSON object".into()));
+    };
+    match obj.get("schema_version") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(v) => match v.as_u64() {
+            Some(found) if found > u64::from(SCHEMA_VERSION) => {
+                return Err(DocError::UnsupportedVersion {
+                    key: key.to_owned(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+            None => {
+                return Err(malformed(format!(
+                    "schema_version must be a non-negative integer, found {v}"
+                )));
+            }
+        },
+    }
+    let doc: T = serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
+    doc.validate().map_err(|detail| DocError::Invalid {
+        key: key.to_owned(),
+        detail,
+    })?;
+    Ok(doc)
+}
+
+/// Serializes a document the way the original tool did (two-space indented JSON).
+pub fn encode<T: Document>(doc: &T) -> Vec<u8> {
+    // Serializing these plain structs (strings, numbers, maps with string keys) cannot fail.
+    let mut out = serde_json::to_vec_pretty(doc).expect("s3dock documents always serialize");
+    out.push(b'\n');
+    out
+}
+
+fn check_hex(field: &str, s: &str, len: usize) -> Result<(), String> {
+    if s.len() == len
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} must be {len} lowercase hex digits, found {:?}",
+            truncate(s)
+        ))
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+fn check_key(field: &str, s: &str) -> Result<(), String> {
+    ObjectKey::parse(s)
+        .map(|_| ())
+        .map_err(|e| format!("{field}: {e}"))
+}
+
+fn check_len(field: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max || s.chars().any(char::is_control) {
+        Err(format!(
+            "{field} is longer than {max} bytes or holds control characters"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The metadata beside an image archive. Written last: its presence commits the push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
+    /// MD5 of the `.tar.gz`, lowercase hex.
+    pub checksum: String,
+    /// Size of the `.tar.gz` in bytes.
+    pub size: u64,
+    pub created_at: DateTime<Utc>,
+    /// The commit id (full, or the 7-digit prefix in buckets of the original tool).
+    pub git_hash: String,
+    /// `YYYYMMDD-HHMM`, the commit time in UTC.
+    pub git_time: String,
+    /// `app:YYYYMMDD-HHMM-hash7`.
+    pub image_tag: String,
+    pub app_name: String,
+    /// SHA-256 of the `.tar.gz`, lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Docker's content id of the image (`sha256:...`), what `docker inspect` shows as Id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// `os/arch[/variant]` of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Who ran the push, as they claimed it (the verifier adds the S3 principal to the audit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_by: Option<String>,
+    /// Where the source lives (the image's `org.opencontainers.image.source` label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `docker-archive` (classic `docker save`) or `oci-archive` (containerd image store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+impl Document for ImageMetadata {
+    fn validate(&self) -> Result<(), String> {
+        check_hex("checksum", &self.checksum, 32)?;
+        if let Some(sha) = &self.sha256 {
+            check_hex("sha256", sha, 64)?;
+        }
+        AppName::parse(&self.app_name).map_err(|e| format!("app_name: {e}"))?;
+        check_len("git_hash", &self.git_hash, 64)?;
+        check_len("git_time", &self.git_time, 32)?;
+        check_len("image_tag", &self.image_tag, 200)?;
+        for (f, v) in [
+            ("image_id", &self.image_id),
+            ("platform", &self.platform),
+            ("pushed_by", &self.pushed_by),
+        ] {
+            if let Some(v) = v {
+                check_len(f, v, 200)?;
+            }
+        }
+        if let Some(s) = &self.source {
+            check_len("source", s, 2048)?;
+        }
+        Ok(())
+    }
+}
+
+impl ImageMetadata {
+    /// The image reference this metadata describes, if `image_tag` holds one.
+    pub fn image_ref(&self) -> Option<ImageRef> {
+        ImageRef::parse(&self.image_tag).ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetType {
+    Image,
+    Tag,
+}
+
+impl std::fmt::Display for TargetType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TargetType::Image => "image",
+            TargetType::Tag => "tag",
+        })
+    }
+}
+
+/// A semantic-version tag: `tags/{app}/{version}.json`, always pointing at an image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TagDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
+    pub target_type: TargetType,
+    /// The image archive key (`images/.../*.tar.gz`).
+    pub target_path: String,
+    pub promoted_at: DateTime<Utc>,
+    pub promoted_by: String,
+    pub git_hash: String,
+    pub git_time: String,
+    /// `app:tag` of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_tag: Option<String>,
+    /// The canonical version (`v1.2.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+}
+
+impl Document for TagDoc {
+    fn validate(&self) -> Result<(), String> {
+        check_key("target_path", &self.target_path)?;
+        check_len("promoted_by", &self.promoted_by, 200)?;
+        check_len("git_hash", &self.git_hash, 64)?;
+        check_len("git_time", &self.git_time, 32)?;
+        for v in [
+            &self.source_image,
+            &self.source_tag,
+            &self.version,
+            &self.image_id,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            check_len("source", v, 200)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a pointer replaced: enough to roll back to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousTarget {
+    pub target_type: TargetType,
+    pub target_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// Why a pointer was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PointerAction {
+    Promote,
+    Rollback,
+}
+
+/// An environment pointer: `pointers/{app}/{env}.json`, to an image or to a tag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointerDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
+    pub target_type: TargetType,
+    /// An image archive key, or a tag key.
+    pub target_path: String,
+    pub promoted_at: DateTime<Utc>,
+    pub promoted_by: String,
+    pub git_hash: String,
+    pub git_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_tag: Option<String>,
+    /// Generation number: 1 for the first pointer s3dock writes, +1 on every update. Pointers
+    /// of the original tool have none and count as 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousTarget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<PointerAction>,
+}
+
+impl Document for PointerDoc {
+    fn validate(&self) -> Result<(), String> {
+        check_key("target_path", &self.target_path)?;
+        check_len("promoted_by", &self.promoted_by, 200)?;
+        check_len("git_hash", &self.git_hash, 64)?;
+        check_len("git_time", &self.git_time, 32)?;
+        if let Some(p) = &self.previous {
+            check_key("previous.target_path", &p.target_path)?;
+        }
+        Ok(())
+    }
+}
+
+impl PointerDoc {
+    pub fn seq(&self) -> u64 {
+        self.seq.unwrap_or(0)
+    }
+
+    pub fn as_previous(&self) -> PreviousTarget {
+        PreviousTarget {
+            target_type: self.target_type,
+            target_path: self.target_path.clone(),
+            source_image: self.source_image.clone(),
+            source_tag: self.source_tag.clone(),
+            seq: Some(self.seq()),
+        }
+    }
+
+    /// What the pointer names, for people: `app:tag` or the version.
+    pub fn describe_target(&self) -> String {
+        match self.target_type {
+            TargetType::Tag => self
+                .source_tag
+                .clone()
+                .unwrap_or_else(|| self.target_path.clone()),
+            TargetType::Image => self
+                .source_image
+                .clone()
+                .unwrap_or_else(|| self.target_path.clone()),
+        }
+    }
+}
+
+/// The kinds of audit record s3dock writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Push,
+    Tag,
+    Promotion,
+    Rollback,
+    Reject,
+    Archive,
+    Deploy,
+    Cleanup,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 8] = [
+        EventType::Push,
+        EventType::Tag,
+        EventType::Promotion,
+        EventType::Rollback,
+        EventType::Reject,
+        EventType::Archive,
+        EventType::Deploy,
+        EventType::Cleanup,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Push => "push",
+            EventType::Tag => "tag",
+            EventType::Promotion => "promotion",
+            EventType::Rollback => "rollback",
+            EventType::Reject => "reject",
+            EventType::Archive => "archive",
+            EventType::Deploy => "deploy",
+            EventType::Cleanup => "cleanup",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An audit record: `audit/{app}/{YYYYMM}/...json`, created once, never overwritten.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
+    /// Kept as a string so records of kinds added later still list.
+    pub event_type: String,
+    pub timestamp: DateTime<Utc>,
+    /// The acting user as the writer claims it.
+    pub user: String,
+    pub app_name: String,
+    pub git_hash: String,
+    pub git_time: String,
+    pub details: serde_json::Value,
+    /// The identity S3 reported for the write (event handlers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// Who wrote the record: `cli`, `lambda` or `agent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_by: Option<String>,
+}
+
+impl Document for AuditRecord {
+    fn validate(&self) -> Result<(), String> {
+        check_len("event_type", &self.event_type, 64)?;
+        check_len("user", &self.user, 200)?;
+        Ok(())
+    }
+}
+
+impl AuditRecord {
+    /// The environment the record concerns, if any (`details.environment`).
+    pub fn environment(&self) -> Option<&str> {
+        self.details.get("environment").and_then(|v| v.as_str())
+    }
+}
+
+/// `details` of a `push` record (original field names first).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PushDetails {
+    pub image_reference: String,
+    pub s3_path: String,
+    pub checksum: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub was_skipped: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub was_archived: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_path: Option<String>,
+    /// `download` (the verifier re-read the archive) or `streamed` (hashed during the upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_by: Option<String>,
+}
+
+/// `details` of a `tag` record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TagDetails {
+    pub image_reference: String,
+    pub version: String,
+    pub tag_path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_to: Option<String>,
+}
+
+/// `details` of a `promotion` or `rollback` record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromotionDetails {
+    pub environment: String,
+    pub source: String,
+    pub source_type: String,
+    pub pointer_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_reference: Option<String>,
+    /// Agents notified (event handlers only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notified: Vec<String>,
+}
+
+/// `details` of a `reject` or `archive` record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArchiveDetails {
+    pub path: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archived_to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_reference: Option<String>,
+}
+
+/// `details` of a `deploy` or host `rollback` record written by an agent or `s3dock deploy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeployDetails {
+    pub environment: String,
+    pub image_reference: String,
+    pub host: String,
+    /// `succeeded`, `failed` or `rolled-back`.
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Milliseconds per phase (pull, start, health, switch, drain).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub timings_ms: std::collections::BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+}
+
+/// What an agent last did, as it reports it in its registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployOutcome {
+    /// `succeeded`, `failed` or `rolled-back`.
+    pub result: String,
+    pub image: String,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// What an agent runs for its (app, env).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// `app:tag` serving traffic, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `blue` or `green`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// `healthy`, `unhealthy`, `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_deploy: Option<DeployOutcome>,
+    /// The pointer seq the agent last converged on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer_seq: Option<u64>,
+}
+
+/// `agents/{app}/{env}/{agent-id}.json`: an agent's registration, heartbeat and state. The
+/// promotion fan-out sends one message to `queue_url` of every registration that is fresh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRegistration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<u32>,
+    pub agent_id: AgentId,
+    pub app_name: AppName,
+    pub environment: EnvName,
+    /// The agent's own SQS queue; absent when the agent only reconciles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_url: Option<String>,
+    pub host: String,
+    pub last_heartbeat: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<AgentState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl Document for AgentRegistration {
+    fn validate(&self) -> Result<(), String> {
+        check_len("host", &self.host, 255)?;
+        if let Some(q) = &self.queue_url {
+            check_len("queue_url", q, 1024)?;
+        }
+        Ok(())
+    }
+}
+
+/// The SQS message an agent receives when its environment's pointer changes. A hint only:
+/// the agent re-reads the pointer before acting on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromotionMessage {
+    pub schema_version: u32,
+    /// Always `promotion`.
+    pub kind: String,
+    pub app: AppName,
+    pub env: EnvName,
+    /// The resolved image, `app:YYYYMMDD-HHMM-hash7`.
+    pub image: String,
+    pub pointer_seq: u64,
+    pub time: DateTime<Utc>,
+}
+
+impl Document for PromotionMessage {
+    fn validate(&self) -> Result<(), String> {
+        if self.kind != "promotion" {
+            return Err(format!(
+                "kind must be \"promotion\", found {:?}",
+                truncate(&self.kind)
+            ));
+        }
+        ImageRef::parse(&self.image).map_err(|e| e.to_string())?;
+        if self.schema_version == 0 {
+            return Err("schema_version is required".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exactly what the original Go tool's `json.MarshalIndent` wrote (Go `time.Time` with a
+    /// local offset and nanoseconds).
+    const GO_METADATA: &str = r#"{
+  "checksum": "9e107d9d372bb6826bd81d3542a419d6",
+  "size": 10485760,
+  "created_at": "2025-07-21T23:18:42.123456789+02:00",
+  "git_hash": "f7a5a27",
+  "git_time": "20250721-2118",
+  "image_tag": "myapp:20250721-2118-f7a5a27",
+  "app_name": "myapp"
+}"#;
+
+    const GO_TAG: &str = r#"{
+  "target_type": "image",
+  "target_path": "images/myapp/202507/myapp-20250721-2118-f7a5a27.tar.gz",
+  "promoted_at": "2025-07-21T14:30:00.5-07:00",
+  "promoted_by": "alice",
+  "git_hash": "f7a5a27",
+  "git_time": "20250721-2118",
+  "source_image": "myapp:20250721-2118-f7a5a27"
+}"#;
+
+    const GO_POINTER_VIA_TAG: &str = r#"{
+  "target_type": "tag",
+  "target_path": "tags/myapp/v1.2.0.json",
+  "promoted_at": "2025-07-22T10:18:00Z",
+  "promoted_by": "bob",
+  "git_hash": "f7a5a27",
+  "git_time": "20250721-2118",
+  "source_image": "myapp:20250721-2118-f7a5a27",
+  "source_tag": "v1.2.0"
+}"#;
+
+    const GO_AUDIT: &str = r#"{
+  "event_type": "promotion",
+  "timestamp": "2025-07-21T21:18:00.000000001+00:00",
+  "user": "bob",
+  "app_name": "myapp",
+  "git_hash": "f7a5a27",
+  "git_time": "20250721-2118",
+  "details": {
+    "environment": "production",
+    "source": "myapp:20250721-2118-f7a5a27",
+    "source_type": "image",
+    "pointer_path": "pointers/myapp/production.json"
+  }
+}"#;
+
+    #[test]
+    fn reads_documents_of_the_original_tool() {
+        let m: ImageMetadata = decode("m.json", GO_METADATA.as_bytes()).unwrap();
+        assert_eq!(m.schema_version, None);
+        assert_eq!(m.size, 10485760);
+        assert_eq!(
+            m.created_at.to_rfc3339(),
+            "2025-07-21T21:18:42.123456789+00:00"
+        );
+        assert_eq!(
+            m.image_ref().unwrap().to_string(),
+            "myapp:20250721-2118-f7a5a27"
+        );
+        let t: TagDoc = decode("t.json", GO_TAG.as_bytes()).unwrap();
+        assert_eq!(t.target_type, TargetType::Image);
+        let p: PointerDoc = decode("p.json", GO_POINTER_VIA_TAG.as_bytes()).unwrap();
+        assert_eq!(p.seq(), 0);
+        assert_eq!(p.describe_target(), "v1.2.0");
+        let a: AuditRecord = decode("a.json", GO_AUDIT.as_bytes()).unwrap();
+        assert_eq!(a.environment(), Some("production"));
+    }
+
+    #[test]
+    fn writes_original_field_names_plus_schema_version() {
+        let m: ImageMetadata = decode("m.json", GO_METADATA.as_bytes()).unwrap();
+        let mut m2 = m.clone();
+        m2.schema_version = Some(SCHEMA_VERSION);
+        m2.sha256 = Some("a".repeat(64));
+        let json: serde_json::Value = serde_json::from_slice(&encode(&m2)).unwrap();
+        for f in [
+            "checksum",
+            "size",
+            "created_at",
+            "git_hash",
+            "git_time",
+            "image_tag",
+            "app_name",
+            "sha256",
+            "schema_version",
+        ] {
+            assert!(json.get(f).is_some(), "{f} missing in {json}");
+        }
+        assert!(
+            json.get("image_id").is_none(),
+            "absent optional fields are omitted"
+        );
+        let back: ImageMetadata = decode("m.json", &encode(&m2)).unwrap();
+        assert_eq!(back, m2);
+    }
+
+    #[test]
+    fn refuses_future_versions() {
+        let future = GO_METADATA.replacen('{', "{\"schema_version\": 7,", 1);
+        let e = decode::<ImageMetadata>("images/x.json", future.as_bytes()).unwrap_err();
+        assert!(matches!(e, DocError::UnsupportedVersion { found: 7, .. }));
+        assert!(e.to_string().contains("upgrade s3dock"), "{e}");
+        let weird = GO_METADATA.replacen('{', "{\"schema_version\": \"1\",", 1);
+        assert!(matches!(
+            decode::<ImageMetadata>("k", weird.as_bytes()),
+            Err(DocError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn hostile_json_is_an_error_not_a_panic() {
+        let deep = "[".repeat(100_000);
+        let big = vec![b' '; MAX_DOC_BYTES + 1];
+        let bad_checksum =
+            GO_METADATA.replace("9e107d9d372bb6826bd81d3542a419d6", "../../etc/passwd");
+        let bad_path = GO_TAG.replace(
+            "images/myapp/202507/myapp-20250721-2118-f7a5a27.tar.gz",
+            "../../../etc/shadow",
+        );
+        let neg_size = GO_METADATA.replace("10485760", "-1");
+        let bad_app = GO_METADATA.replace("\"app_name\": \"myapp\"", "\"app_name\": \"../x\"");
+        for (input, want) in [
+            ("".as_bytes(), "not valid"),
+            (b"null", "expected a JSON object"),
+            (b"[1,2]", "expected a JSON object"),
+            (b"{\"checksum\": 5}", "not valid"),
+            (deep.as_bytes(), "not valid"),
+            (&big[..], "bytes is more than"),
+            (bad_checksum.as_bytes(), "checksum must be 32"),
+            (neg_size.as_bytes(), "not valid"),
+            (bad_app.as_bytes(), "app_name"),
+            (b"\xff\xfe{}", "not valid"),
+        ] {
+            let e = decode::<ImageMetadata>("k.json", input)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let e = decode::<TagDoc>("t.json", bad_path.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("target_path"), "{e}");
+    }
+
+    #[test]
+    fn promotion_message_round_trip() {
+        let msg = PromotionMessage {
+            schema_version: SCHEMA_VERSION,
+            kind: "promotion".into(),
+            app: AppName::parse("myapp").unwrap(),
+            env: EnvName::parse("production").unwrap(),
+            image: "myapp:20250721-2118-f7a5a27".into(),
+            pointer_seq: 4,
+            time: "2025-07-21T21:18:00Z".parse().unwrap(),
+        };
+        let back: PromotionMessage = decode("msg", &encode(&msg)).unwrap();
+        assert_eq!(back, msg);
+        let bad = serde_json::to_vec(&serde_json::json!({"schema_version":1,"kind":"promotion","app":"My App","env":"p","image":"x","pointer_seq":1,"time":"2025-07-21T21:18:00Z"})).unwrap();
+        assert!(decode::<PromotionMessage>("msg", &bad).is_err());
+    }
+}
