@@ -31,17 +31,9 @@ pub enum DocError {
         "{key}: not valid s3dock JSON ({detail}); restore the previous version (S3 versioning) or write it again with s3dock"
     )]
     Malformed { key: String, detail: String },
-    #[error(
-        "{key}: schema version {found} is newer than this s3dock understands (up to {supported}); upgrade s3dock"
-    )]
-    UnsupportedVersion {
-        key: String,
-        found: u64,
-        supported: u32,
-    },
-    #[error(
-        "{key}: {detail}; restore the previous version (S3 versioning) or write it again with s3dock"
-    )]
+    #[error("{key}: schema version {found} is newer than this s3dock understands (up to {supported}); upgrade s3dock")]
+    UnsupportedVersion { key: String, found: u64, supported: u32 },
+    #[error("{key}: {detail}; restore the previous version (S3 versioning) or write it again with s3dock")]
     Invalid { key: String, detail: String },
 }
 
@@ -56,18 +48,10 @@ pub trait Document: Serialize + DeserializeOwned {
 /// Parses and validates an untrusted document read from `key`.
 pub fn decode<T: Document>(key: &str, bytes: &[u8]) -> Result<T, DocError> {
     if bytes.len() > MAX_DOC_BYTES {
-        return Err(DocError::TooLarge {
-            key: key.to_owned(),
-            size: bytes.len() as u64,
-            max: MAX_DOC_BYTES,
-        });
+        return Err(DocError::TooLarge { key: key.to_owned(), size: bytes.len() as u64, max: MAX_DOC_BYTES });
     }
-    let malformed = |detail: String| DocError::Malformed {
-        key: key.to_owned(),
-        detail,
-    };
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    let malformed = |detail: String| DocError::Malformed { key: key.to_owned(), detail };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
     let Some(obj) = value.as_object() else {
         return Err(malformed("expected a JSON object".into()));
     };
@@ -75,25 +59,16 @@ pub fn decode<T: Document>(key: &str, bytes: &[u8]) -> Result<T, DocError> {
         None | Some(serde_json::Value::Null) => {}
         Some(v) => match v.as_u64() {
             Some(found) if found > u64::from(SCHEMA_VERSION) => {
-                return Err(DocError::UnsupportedVersion {
-                    key: key.to_owned(),
-                    found,
-                    supported: SCHEMA_VERSION,
-                });
+                return Err(DocError::UnsupportedVersion { key: key.to_owned(), found, supported: SCHEMA_VERSION });
             }
             Some(_) => {}
             None => {
-                return Err(malformed(format!(
-                    "schema_version must be a non-negative integer, found {v}"
-                )));
+                return Err(malformed(format!("schema_version must be a non-negative integer, found {v}")));
             }
         },
     }
     let doc: T = serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
-    doc.validate().map_err(|detail| DocError::Invalid {
-        key: key.to_owned(),
-        detail,
-    })?;
+    doc.validate().map_err(|detail| DocError::Invalid { key: key.to_owned(), detail })?;
     Ok(doc)
 }
 
@@ -106,16 +81,10 @@ pub fn encode<T: Document>(doc: &T) -> Vec<u8> {
 }
 
 fn check_hex(field: &str, s: &str, len: usize) -> Result<(), String> {
-    if s.len() == len
-        && s.chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-    {
+    if s.len() == len && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
         Ok(())
     } else {
-        Err(format!(
-            "{field} must be {len} lowercase hex digits, found {:?}",
-            truncate(s)
-        ))
+        Err(format!("{field} must be {len} lowercase hex digits, found {:?}", truncate(s)))
     }
 }
 
@@ -124,16 +93,12 @@ fn truncate(s: &str) -> String {
 }
 
 fn check_key(field: &str, s: &str) -> Result<(), String> {
-    ObjectKey::parse(s)
-        .map(|_| ())
-        .map_err(|e| format!("{field}: {e}"))
+    ObjectKey::parse(s).map(|_| ()).map_err(|e| format!("{field}: {e}"))
 }
 
 fn check_len(field: &str, s: &str, max: usize) -> Result<(), String> {
     if s.len() > max || s.chars().any(char::is_control) {
-        Err(format!(
-            "{field} is longer than {max} bytes or holds control characters"
-        ))
+        Err(format!("{field} is longer than {max} bytes or holds control characters"))
     } else {
         Ok(())
     }
@@ -186,11 +151,7 @@ impl Document for ImageMetadata {
         check_len("git_hash", &self.git_hash, 64)?;
         check_len("git_time", &self.git_time, 32)?;
         check_len("image_tag", &self.image_tag, 200)?;
-        for (f, v) in [
-            ("image_id", &self.image_id),
-            ("platform", &self.platform),
-            ("pushed_by", &self.pushed_by),
-        ] {
+        for (f, v) in [("image_id", &self.image_id), ("platform", &self.platform), ("pushed_by", &self.pushed_by)] {
             if let Some(v) = v {
                 check_len(f, v, 200)?;
             }
@@ -255,15 +216,7 @@ impl Document for TagDoc {
         check_len("promoted_by", &self.promoted_by, 200)?;
         check_len("git_hash", &self.git_hash, 64)?;
         check_len("git_time", &self.git_time, 32)?;
-        for v in [
-            &self.source_image,
-            &self.source_tag,
-            &self.version,
-            &self.image_id,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for v in [&self.source_image, &self.source_tag, &self.version, &self.image_id].into_iter().flatten() {
             check_len("source", v, 200)?;
         }
         Ok(())
@@ -348,14 +301,8 @@ impl PointerDoc {
     /// What the pointer names, for people: `app:tag` or the version.
     pub fn describe_target(&self) -> String {
         match self.target_type {
-            TargetType::Tag => self
-                .source_tag
-                .clone()
-                .unwrap_or_else(|| self.target_path.clone()),
-            TargetType::Image => self
-                .source_image
-                .clone()
-                .unwrap_or_else(|| self.target_path.clone()),
+            TargetType::Tag => self.source_tag.clone().unwrap_or_else(|| self.target_path.clone()),
+            TargetType::Image => self.source_image.clone().unwrap_or_else(|| self.target_path.clone()),
         }
     }
 }
@@ -619,10 +566,7 @@ pub struct PromotionMessage {
 impl Document for PromotionMessage {
     fn validate(&self) -> Result<(), String> {
         if self.kind != "promotion" {
-            return Err(format!(
-                "kind must be \"promotion\", found {:?}",
-                truncate(&self.kind)
-            ));
+            return Err(format!("kind must be \"promotion\", found {:?}", truncate(&self.kind)));
         }
         ImageRef::parse(&self.image).map_err(|e| e.to_string())?;
         if self.schema_version == 0 {
@@ -689,14 +633,8 @@ mod tests {
         let m: ImageMetadata = decode("m.json", GO_METADATA.as_bytes()).unwrap();
         assert_eq!(m.schema_version, None);
         assert_eq!(m.size, 10485760);
-        assert_eq!(
-            m.created_at.to_rfc3339(),
-            "2025-07-21T21:18:42.123456789+00:00"
-        );
-        assert_eq!(
-            m.image_ref().unwrap().to_string(),
-            "myapp:20250721-2118-f7a5a27"
-        );
+        assert_eq!(m.created_at.to_rfc3339(), "2025-07-21T21:18:42.123456789+00:00");
+        assert_eq!(m.image_ref().unwrap().to_string(), "myapp:20250721-2118-f7a5a27");
         let t: TagDoc = decode("t.json", GO_TAG.as_bytes()).unwrap();
         assert_eq!(t.target_type, TargetType::Image);
         let p: PointerDoc = decode("p.json", GO_POINTER_VIA_TAG.as_bytes()).unwrap();
@@ -726,10 +664,7 @@ mod tests {
         ] {
             assert!(json.get(f).is_some(), "{f} missing in {json}");
         }
-        assert!(
-            json.get("image_id").is_none(),
-            "absent optional fields are omitted"
-        );
+        assert!(json.get("image_id").is_none(), "absent optional fields are omitted");
         let back: ImageMetadata = decode("m.json", &encode(&m2)).unwrap();
         assert_eq!(back, m2);
     }
@@ -741,22 +676,15 @@ mod tests {
         assert!(matches!(e, DocError::UnsupportedVersion { found: 7, .. }));
         assert!(e.to_string().contains("upgrade s3dock"), "{e}");
         let weird = GO_METADATA.replacen('{', "{\"schema_version\": \"1\",", 1);
-        assert!(matches!(
-            decode::<ImageMetadata>("k", weird.as_bytes()),
-            Err(DocError::Malformed { .. })
-        ));
+        assert!(matches!(decode::<ImageMetadata>("k", weird.as_bytes()), Err(DocError::Malformed { .. })));
     }
 
     #[test]
     fn hostile_json_is_an_error_not_a_panic() {
         let deep = "[".repeat(100_000);
         let big = vec![b' '; MAX_DOC_BYTES + 1];
-        let bad_checksum =
-            GO_METADATA.replace("9e107d9d372bb6826bd81d3542a419d6", "../../etc/passwd");
-        let bad_path = GO_TAG.replace(
-            "images/myapp/202507/myapp-20250721-2118-f7a5a27.tar.gz",
-            "../../../etc/shadow",
-        );
+        let bad_checksum = GO_METADATA.replace("9e107d9d372bb6826bd81d3542a419d6", "../../etc/passwd");
+        let bad_path = GO_TAG.replace("images/myapp/202507/myapp-20250721-2118-f7a5a27.tar.gz", "../../../etc/shadow");
         let neg_size = GO_METADATA.replace("10485760", "-1");
         let bad_app = GO_METADATA.replace("\"app_name\": \"myapp\"", "\"app_name\": \"../x\"");
         for (input, want) in [
@@ -771,14 +699,10 @@ mod tests {
             (bad_app.as_bytes(), "app_name"),
             (b"\xff\xfe{}", "not valid"),
         ] {
-            let e = decode::<ImageMetadata>("k.json", input)
-                .unwrap_err()
-                .to_string();
+            let e = decode::<ImageMetadata>("k.json", input).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }
-        let e = decode::<TagDoc>("t.json", bad_path.as_bytes())
-            .unwrap_err()
-            .to_string();
+        let e = decode::<TagDoc>("t.json", bad_path.as_bytes()).unwrap_err().to_string();
         assert!(e.contains("target_path"), "{e}");
     }
 

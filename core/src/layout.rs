@@ -46,19 +46,11 @@ pub fn image_stem(app: &AppName, tag: &ImageTag) -> String {
 }
 
 pub fn image_archive(app: &AppName, tag: &ImageTag) -> ObjectKey {
-    key(format!(
-        "{IMAGES}{app}/{}/{}{ARCHIVE_EXT}",
-        tag.month(),
-        image_stem(app, tag)
-    ))
+    key(format!("{IMAGES}{app}/{}/{}{ARCHIVE_EXT}", tag.month(), image_stem(app, tag)))
 }
 
 pub fn image_metadata(app: &AppName, tag: &ImageTag) -> ObjectKey {
-    key(format!(
-        "{IMAGES}{app}/{}/{}{JSON_EXT}",
-        tag.month(),
-        image_stem(app, tag)
-    ))
+    key(format!("{IMAGES}{app}/{}/{}{JSON_EXT}", tag.month(), image_stem(app, tag)))
 }
 
 /// The archive key that belongs beside a metadata key (same folder and stem).
@@ -91,15 +83,8 @@ pub fn tag(app: &AppName, version: &Version) -> ObjectKey {
 pub fn tag_candidates(app: &AppName, version: &Version) -> Vec<ObjectKey> {
     let canonical = version.canonical();
     let mut out = vec![tag(app, version)];
-    for alt in [
-        version.as_typed().to_owned(),
-        canonical.trim_start_matches('v').to_owned(),
-    ] {
-        if alt != canonical
-            && !out
-                .iter()
-                .any(|k| k.as_str().ends_with(&format!("/{alt}{JSON_EXT}")))
-        {
+    for alt in [version.as_typed().to_owned(), canonical.trim_start_matches('v').to_owned()] {
+        if alt != canonical && !out.iter().any(|k| k.as_str().ends_with(&format!("/{alt}{JSON_EXT}"))) {
             out.push(key(format!("{TAGS}{app}/{alt}{JSON_EXT}")));
         }
     }
@@ -126,13 +111,7 @@ pub fn probe(id: &str) -> ObjectKey {
 fn sanitize(s: &str) -> String {
     let mut out: String = s
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-') { c } else { '_' })
         .collect();
     out.truncate(100);
     out
@@ -145,27 +124,13 @@ fn sanitize(s: &str) -> String {
 /// event's identity (environment and pointer seq, version, checksum prefix). So two different
 /// events never share a key, and the same event delivered twice maps to the same key, which
 /// the conditional create turns into a no-op.
-pub fn audit(
-    app: &AppName,
-    at: DateTime<Utc>,
-    event: &str,
-    hash7: &str,
-    discriminators: &[&str],
-) -> ObjectKey {
-    let mut name = format!(
-        "{}-{}-{}",
-        at.format("%Y%m%d-%H%M"),
-        sanitize(event),
-        sanitize(hash7)
-    );
+pub fn audit(app: &AppName, at: DateTime<Utc>, event: &str, hash7: &str, discriminators: &[&str]) -> ObjectKey {
+    let mut name = format!("{}-{}-{}", at.format("%Y%m%d-%H%M"), sanitize(event), sanitize(hash7));
     for d in discriminators.iter().filter(|d| !d.is_empty()) {
         name.push('-');
         name.push_str(&sanitize(d));
     }
-    key(format!(
-        "{AUDIT}{app}/{}/{name}{JSON_EXT}",
-        at.format("%Y%m")
-    ))
+    key(format!("{AUDIT}{app}/{}/{name}{JSON_EXT}", at.format("%Y%m")))
 }
 
 pub fn audit_prefix(app: &AppName) -> String {
@@ -182,11 +147,7 @@ pub fn archive(
     suffix: &str,
     ext: &str,
 ) -> ObjectKey {
-    let suffix = if suffix.is_empty() {
-        String::new()
-    } else {
-        format!("-{}", sanitize(suffix))
-    };
+    let suffix = if suffix.is_empty() { String::new() } else { format!("-{}", sanitize(suffix)) };
     key(format!(
         "{ARCHIVE}{app}/{month}/{}-archived-on-{}{suffix}{ext}",
         sanitize(stem),
@@ -217,35 +178,13 @@ pub fn agents_prefix(app: &AppName, env: Option<&EnvName>) -> String {
 /// What a key is, as far as s3dock is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BucketKey {
-    ImageArchive {
-        app: AppName,
-        month: String,
-        tag: ImageTag,
-    },
-    ImageMetadata {
-        app: AppName,
-        month: String,
-        tag: ImageTag,
-    },
-    Tag {
-        app: AppName,
-        version: Version,
-    },
-    Pointer {
-        app: AppName,
-        env: EnvName,
-    },
-    Audit {
-        app: AppName,
-    },
-    Archive {
-        app: AppName,
-    },
-    Agent {
-        app: AppName,
-        env: EnvName,
-        id: AgentId,
-    },
+    ImageArchive { app: AppName, month: String, tag: ImageTag },
+    ImageMetadata { app: AppName, month: String, tag: ImageTag },
+    Tag { app: AppName, version: Version },
+    Pointer { app: AppName, env: EnvName },
+    Audit { app: AppName },
+    Archive { app: AppName },
+    Agent { app: AppName, env: EnvName, id: AgentId },
 }
 
 impl BucketKey {
@@ -265,9 +204,7 @@ impl BucketKey {
 /// Why a key is not one of s3dock's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClassifyError {
-    #[error(
-        "{key}: not under a known prefix (images/, tags/, pointers/, audit/, archive/, agents/)"
-    )]
+    #[error("{key}: not under a known prefix (images/, tags/, pointers/, audit/, archive/, agents/)")]
     UnknownPrefix { key: String },
     #[error("{key}: does not follow the bucket layout ({reason})")]
     Malformed { key: String, reason: String },
@@ -276,14 +213,8 @@ pub enum ClassifyError {
 /// Classifies a key. The inverse of the builders above; the event handlers use it to route.
 pub fn classify(key: &ObjectKey) -> Result<BucketKey, ClassifyError> {
     let k = key.as_str();
-    let bad = |reason: &str| ClassifyError::Malformed {
-        key: k.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let name_err = |e: NameError| ClassifyError::Malformed {
-        key: k.to_owned(),
-        reason: e.to_string(),
-    };
+    let bad = |reason: &str| ClassifyError::Malformed { key: k.to_owned(), reason: reason.to_owned() };
+    let name_err = |e: NameError| ClassifyError::Malformed { key: k.to_owned(), reason: e.to_string() };
     let parts: Vec<&str> = k.split('/').collect();
     match parts.as_slice() {
         ["images", app, month, file] => {
@@ -310,45 +241,23 @@ pub fn classify(key: &ObjectKey) -> Result<BucketKey, ClassifyError> {
         }
         ["tags", app, file] => {
             let app = AppName::parse(app).map_err(name_err)?;
-            let v = file
-                .strip_suffix(JSON_EXT)
-                .ok_or_else(|| bad("tag files end in .json"))?;
-            Ok(BucketKey::Tag {
-                app,
-                version: Version::parse(v).map_err(name_err)?,
-            })
+            let v = file.strip_suffix(JSON_EXT).ok_or_else(|| bad("tag files end in .json"))?;
+            Ok(BucketKey::Tag { app, version: Version::parse(v).map_err(name_err)? })
         }
         ["pointers", app, file] => {
             let app = AppName::parse(app).map_err(name_err)?;
-            let env = file
-                .strip_suffix(JSON_EXT)
-                .ok_or_else(|| bad("pointer files end in .json"))?;
-            Ok(BucketKey::Pointer {
-                app,
-                env: EnvName::parse(env).map_err(name_err)?,
-            })
+            let env = file.strip_suffix(JSON_EXT).ok_or_else(|| bad("pointer files end in .json"))?;
+            Ok(BucketKey::Pointer { app, env: EnvName::parse(env).map_err(name_err)? })
         }
-        ["audit", app, _month, _file] => Ok(BucketKey::Audit {
-            app: AppName::parse(app).map_err(name_err)?,
-        }),
-        ["archive", app, _month, _file] => Ok(BucketKey::Archive {
-            app: AppName::parse(app).map_err(name_err)?,
-        }),
+        ["audit", app, _month, _file] => Ok(BucketKey::Audit { app: AppName::parse(app).map_err(name_err)? }),
+        ["archive", app, _month, _file] => Ok(BucketKey::Archive { app: AppName::parse(app).map_err(name_err)? }),
         ["agents", app, env, file] => {
             let app = AppName::parse(app).map_err(name_err)?;
             let env = EnvName::parse(env).map_err(name_err)?;
-            let id = file
-                .strip_suffix(JSON_EXT)
-                .ok_or_else(|| bad("agent files end in .json"))?;
-            Ok(BucketKey::Agent {
-                app,
-                env,
-                id: AgentId::parse(id).map_err(name_err)?,
-            })
+            let id = file.strip_suffix(JSON_EXT).ok_or_else(|| bad("agent files end in .json"))?;
+            Ok(BucketKey::Agent { app, env, id: AgentId::parse(id).map_err(name_err)? })
         }
-        [first, ..]
-            if ["images", "tags", "pointers", "audit", "archive", "agents"].contains(first) =>
-        {
+        [first, ..] if ["images", "tags", "pointers", "audit", "archive", "agents"].contains(first) => {
             Err(bad("wrong number of path segments"))
         }
         _ => Err(ClassifyError::UnknownPrefix { key: k.to_owned() }),
@@ -356,24 +265,16 @@ pub fn classify(key: &ObjectKey) -> Result<BucketKey, ClassifyError> {
 }
 
 fn check_month(m: &str) -> Result<(), String> {
-    let ok = m.len() == 6
-        && m.chars().all(|c| c.is_ascii_digit())
-        && matches!(m[4..6].parse::<u32>(), Ok(1..=12));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{m:?} is not a YYYYMM month folder"))
-    }
+    let ok = m.len() == 6 && m.chars().all(|c| c.is_ascii_digit()) && matches!(m[4..6].parse::<u32>(), Ok(1..=12));
+    if ok { Ok(()) } else { Err(format!("{m:?} is not a YYYYMM month folder")) }
 }
 
 /// Decodes a key as S3 event notifications deliver it: form-URL-encoded, so a space arrives
 /// as `+`, a literal `+` as `%2B`, and some emulators encode `/` as `%2F`. Decoding is the same
 /// for AWS, LocalStack and moto.
 pub fn decode_event_key(raw: &str) -> Result<ObjectKey, NameError> {
-    let decoded: String = form_urlencoded::parse(format!("k={raw}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
+    let decoded: String =
+        form_urlencoded::parse(format!("k={raw}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default();
     ObjectKey::parse(&decoded)
 }
 
@@ -393,24 +294,12 @@ mod tests {
         let tag = ImageTag::parse("20250721-2118-f7a5a27").unwrap();
         let at = |s: &str| Utc.datetime_from_str_compat(s);
         let table: Vec<(ObjectKey, &str)> = vec![
-            (
-                image_archive(&a, &tag),
-                "images/myapp/202507/myapp-20250721-2118-f7a5a27.tar.gz",
-            ),
-            (
-                image_metadata(&a, &tag),
-                "images/myapp/202507/myapp-20250721-2118-f7a5a27.json",
-            ),
+            (image_archive(&a, &tag), "images/myapp/202507/myapp-20250721-2118-f7a5a27.tar.gz"),
+            (image_metadata(&a, &tag), "images/myapp/202507/myapp-20250721-2118-f7a5a27.json"),
             (tag_key(&a, "v1.2.0"), "tags/myapp/v1.2.0.json"),
             (tag_key(&a, "v1.1.5"), "tags/myapp/v1.1.5.json"),
-            (
-                pointer(&a, &EnvName::parse("production").unwrap()),
-                "pointers/myapp/production.json",
-            ),
-            (
-                pointer(&a, &EnvName::parse("staging").unwrap()),
-                "pointers/myapp/staging.json",
-            ),
+            (pointer(&a, &EnvName::parse("production").unwrap()), "pointers/myapp/production.json"),
+            (pointer(&a, &EnvName::parse("staging").unwrap()), "pointers/myapp/staging.json"),
             (
                 audit(&a, at("20250721-1400"), "push", "f7a5a27", &[]),
                 "audit/myapp/202507/20250721-1400-push-f7a5a27.json",
@@ -424,25 +313,11 @@ mod tests {
                 "audit/myapp/202507/20250721-2118-promotion-f7a5a27.json",
             ),
             (
-                archive(
-                    &a,
-                    &tag.month(),
-                    &image_stem(&a, &tag),
-                    at("20250722-1018"),
-                    "",
-                    ARCHIVE_EXT,
-                ),
+                archive(&a, &tag.month(), &image_stem(&a, &tag), at("20250722-1018"), "", ARCHIVE_EXT),
                 "archive/myapp/202507/myapp-20250721-2118-f7a5a27-archived-on-20250722-1018.tar.gz",
             ),
             (
-                archive(
-                    &a,
-                    &tag.month(),
-                    &image_stem(&a, &tag),
-                    at("20250722-1018"),
-                    "",
-                    JSON_EXT,
-                ),
+                archive(&a, &tag.month(), &image_stem(&a, &tag), at("20250722-1018"), "", JSON_EXT),
                 "archive/myapp/202507/myapp-20250721-2118-f7a5a27-archived-on-20250722-1018.json",
             ),
         ];
@@ -472,15 +347,9 @@ mod tests {
         let staging = audit(&a, t, "promotion", "f7a5a27", &["staging", "seq7"]);
         let prod = audit(&a, t, "promotion", "f7a5a27", &["production", "seq3"]);
         assert_ne!(staging, prod);
-        assert_eq!(
-            staging.as_str(),
-            "audit/myapp/202507/20250721-2118-promotion-f7a5a27-staging-seq7.json"
-        );
+        assert_eq!(staging.as_str(), "audit/myapp/202507/20250721-2118-promotion-f7a5a27-staging-seq7.json");
         let weird = audit(&a, t, "tag", "f7a5a27", &["v1.0.0+build/1 x"]);
-        assert_eq!(
-            weird.file_name(),
-            "20250721-2118-tag-f7a5a27-v1.0.0+build_1_x.json"
-        );
+        assert_eq!(weird.file_name(), "20250721-2118-tag-f7a5a27-v1.0.0+build_1_x.json");
     }
 
     #[test]
@@ -490,47 +359,20 @@ mod tests {
         let env = EnvName::parse("production").unwrap();
         let v = Version::parse("1.0.0-rc.1+b.2").unwrap();
         let id = AgentId::parse("host-1").unwrap();
-        assert!(matches!(
-            classify(&image_archive(&a, &tag)),
-            Ok(BucketKey::ImageArchive { .. })
-        ));
+        assert!(matches!(classify(&image_archive(&a, &tag)), Ok(BucketKey::ImageArchive { .. })));
         assert_eq!(
             classify(&image_metadata(&a, &tag)).unwrap(),
-            BucketKey::ImageMetadata {
-                app: a.clone(),
-                month: "202507".into(),
-                tag: tag.clone()
-            }
+            BucketKey::ImageMetadata { app: a.clone(), month: "202507".into(), tag: tag.clone() }
         );
-        assert_eq!(
-            classify(&super::tag(&a, &v)).unwrap(),
-            BucketKey::Tag {
-                app: a.clone(),
-                version: v.clone()
-            }
-        );
-        assert_eq!(
-            classify(&pointer(&a, &env)).unwrap(),
-            BucketKey::Pointer {
-                app: a.clone(),
-                env: env.clone()
-            }
-        );
+        assert_eq!(classify(&super::tag(&a, &v)).unwrap(), BucketKey::Tag { app: a.clone(), version: v.clone() });
+        assert_eq!(classify(&pointer(&a, &env)).unwrap(), BucketKey::Pointer { app: a.clone(), env: env.clone() });
         assert_eq!(
             classify(&agent(&a, &env, &id)).unwrap(),
-            BucketKey::Agent {
-                app: a.clone(),
-                env: env.clone(),
-                id: id.clone()
-            }
+            BucketKey::Agent { app: a.clone(), env: env.clone(), id: id.clone() }
         );
         // An image pushed by the original tool in a later month still classifies.
-        let legacy =
-            ObjectKey::parse("images/my-app.web/202508/my-app.web-20250721-2118-f7a5a27.json")
-                .unwrap();
-        assert!(
-            matches!(classify(&legacy), Ok(BucketKey::ImageMetadata { month, .. }) if month == "202508")
-        );
+        let legacy = ObjectKey::parse("images/my-app.web/202508/my-app.web-20250721-2118-f7a5a27.json").unwrap();
+        assert!(matches!(classify(&legacy), Ok(BucketKey::ImageMetadata { month, .. }) if month == "202508"));
     }
 
     #[test]
@@ -552,26 +394,13 @@ mod tests {
 
     #[test]
     fn event_keys_are_form_decoded() {
+        assert_eq!(decode_event_key("incoming/x+y%2Bz.json").unwrap().as_str(), "incoming/x y+z.json");
+        assert_eq!(decode_event_key("incoming/x%20y%2Bz.json").unwrap().as_str(), "incoming/x y+z.json");
         assert_eq!(
-            decode_event_key("incoming/x+y%2Bz.json").unwrap().as_str(),
-            "incoming/x y+z.json"
-        );
-        assert_eq!(
-            decode_event_key("incoming/x%20y%2Bz.json")
-                .unwrap()
-                .as_str(),
-            "incoming/x y+z.json"
-        );
-        assert_eq!(
-            decode_event_key("tags%2Fmyapp%2Fv1.0.0%2Bb.1.json")
-                .unwrap()
-                .as_str(),
+            decode_event_key("tags%2Fmyapp%2Fv1.0.0%2Bb.1.json").unwrap().as_str(),
             "tags/myapp/v1.0.0+b.1.json"
         );
-        assert_eq!(
-            decode_event_key("a/100%25.json").unwrap().as_str(),
-            "a/100%.json"
-        );
+        assert_eq!(decode_event_key("a/100%25.json").unwrap().as_str(), "a/100%.json");
         assert!(decode_event_key("a%2F..%2Fb").is_err());
         assert!(decode_event_key("").is_err());
     }
@@ -579,15 +408,11 @@ mod tests {
     #[test]
     fn tag_candidates_cover_the_original_spelling() {
         let a = app("myapp");
-        let keys: Vec<String> = tag_candidates(&a, &Version::parse("1.2.0").unwrap())
-            .iter()
-            .map(|k| k.to_string())
-            .collect();
+        let keys: Vec<String> =
+            tag_candidates(&a, &Version::parse("1.2.0").unwrap()).iter().map(|k| k.to_string()).collect();
         assert_eq!(keys, ["tags/myapp/v1.2.0.json", "tags/myapp/1.2.0.json"]);
-        let keys: Vec<String> = tag_candidates(&a, &Version::parse("v1.2.0").unwrap())
-            .iter()
-            .map(|k| k.to_string())
-            .collect();
+        let keys: Vec<String> =
+            tag_candidates(&a, &Version::parse("v1.2.0").unwrap()).iter().map(|k| k.to_string()).collect();
         assert_eq!(keys, ["tags/myapp/v1.2.0.json", "tags/myapp/1.2.0.json"]);
     }
 }

@@ -36,19 +36,10 @@ impl NameError {
     fn new(kind: &'static str, input: &str, reason: impl Into<String>, hint: &'static str) -> Self {
         let mut shown: String = format!("{input:?}");
         if shown.len() > 80 {
-            let cut = shown
-                .char_indices()
-                .nth(60)
-                .map(|(i, _)| i)
-                .unwrap_or(shown.len());
+            let cut = shown.char_indices().nth(60).map(|(i, _)| i).unwrap_or(shown.len());
             shown = format!("{}…\" ({} bytes)", &shown[..cut], input.len());
         }
-        NameError {
-            kind,
-            shown,
-            reason: reason.into(),
-            hint,
-        }
+        NameError { kind, shown, reason: reason.into(), hint }
     }
 }
 
@@ -81,9 +72,7 @@ fn check_name(kind: &'static str, s: &str) -> Result<(), NameError> {
     if s.chars().any(|c| c.is_ascii_uppercase()) {
         return err("it contains uppercase letters".into());
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
     {
         return err(format!("it contains {c:?}"));
     }
@@ -98,10 +87,7 @@ fn check_name(kind: &'static str, s: &str) -> Result<(), NameError> {
         let (a, b) = (w[0] as char, w[1] as char);
         let sep = |c: char| matches!(c, '.' | '_' | '-');
         if sep(a) && sep(b) && !(a == '-' && b == '-') && !(a == '_' && b == '_') {
-            return err(format!(
-                "it contains the separator run {:?}",
-                format!("{a}{b}")
-            ));
+            return err(format!("it contains the separator run {:?}", format!("{a}{b}")));
         }
     }
     Ok(())
@@ -194,23 +180,14 @@ impl Version {
             return err("it is empty".into());
         }
         if s.len() > MAX_VERSION_LEN {
-            return err(format!(
-                "it is {} characters long (at most {MAX_VERSION_LEN})",
-                s.chars().count()
-            ));
+            return err(format!("it is {} characters long (at most {MAX_VERSION_LEN})", s.chars().count()));
         }
-        if let Some(c) = s
-            .chars()
-            .find(|c| c.is_control() || !c.is_ascii() || *c == '/' || *c == ' ')
-        {
+        if let Some(c) = s.chars().find(|c| c.is_control() || !c.is_ascii() || *c == '/' || *c == ' ') {
             return err(format!("it contains {c:?}"));
         }
         let bare = s.strip_prefix('v').unwrap_or(s);
         match semver::Version::parse(bare) {
-            Ok(v) => Ok(Version {
-                semver: v,
-                typed: s.to_owned(),
-            }),
+            Ok(v) => Ok(Version { semver: v, typed: s.to_owned() }),
             Err(e) => err(format!("it is not a semantic version ({e})")),
         }
     }
@@ -249,9 +226,7 @@ impl PartialOrd for Version {
 impl Ord for Version {
     /// Semver precedence; build metadata breaks ties so the order is total and stable.
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.semver
-            .cmp_precedence(&other.semver)
-            .then_with(|| self.semver.cmp(&other.semver))
+        self.semver.cmp_precedence(&other.semver).then_with(|| self.semver.cmp(&other.semver))
     }
 }
 impl fmt::Display for Version {
@@ -291,10 +266,7 @@ impl ImageTag {
         if &rest[0..1] != "-" || &rest[5..6] != "-" {
             return err("it is not of the form YYYYMMDD-HHMM-hash7");
         }
-        if !hash
-            .chars()
-            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-        {
+        if !hash.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
             return err("the commit hash must be 7 lowercase hex digits");
         }
         let Ok(d) = NaiveDate::parse_from_str(date, "%Y%m%d") else {
@@ -306,19 +278,12 @@ impl ImageTag {
         let Ok(t) = NaiveTime::parse_from_str(time, "%H%M") else {
             return err("the time is not a valid HHMM");
         };
-        Ok(ImageTag {
-            time: NaiveDateTime::new(d, t),
-            hash7: hash.to_owned(),
-        })
+        Ok(ImageTag { time: NaiveDateTime::new(d, t), hash7: hash.to_owned() })
     }
 
     /// The tag of a commit: its committer time (any offset; converted to UTC) and id.
     pub fn from_commit(committed: DateTime<Utc>, commit_id_hex: &str) -> Result<Self, NameError> {
-        let hash7: String = commit_id_hex
-            .chars()
-            .take(7)
-            .collect::<String>()
-            .to_ascii_lowercase();
+        let hash7: String = commit_id_hex.chars().take(7).collect::<String>().to_ascii_lowercase();
         Self::parse(&format!("{}-{}", committed.format("%Y%m%d-%H%M"), hash7))
     }
 
@@ -375,10 +340,7 @@ impl ImageRef {
                 "write APP:TAG, e.g. myapp:20250721-2118-f7a5a27",
             ));
         };
-        Ok(ImageRef {
-            app: AppName::parse(app)?,
-            tag: ImageTag::parse(tag)?,
-        })
+        Ok(ImageRef { app: AppName::parse(app)?, tag: ImageTag::parse(tag)? })
     }
 }
 
@@ -402,8 +364,7 @@ impl FromStr for ImageRef {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey(String);
 
-const KEY_HINT: &str =
-    "object keys are relative paths such as images/app/202507/app-20250721-2118-f7a5a27.json";
+const KEY_HINT: &str = "object keys are relative paths such as images/app/202507/app-20250721-2118-f7a5a27.json";
 
 impl ObjectKey {
     pub fn parse(s: &str) -> Result<Self, NameError> {
@@ -412,10 +373,7 @@ impl ObjectKey {
             return err("it is empty".into());
         }
         if s.len() > MAX_KEY_LEN {
-            return err(format!(
-                "it is {} bytes long (at most {MAX_KEY_LEN})",
-                s.len()
-            ));
+            return err(format!("it is {} bytes long (at most {MAX_KEY_LEN})", s.len()));
         }
         if s.starts_with('/') || s.ends_with('/') {
             return err("it starts or ends with '/'".into());
@@ -470,17 +428,7 @@ mod tests {
 
     #[test]
     fn good_app_names() {
-        for s in [
-            "myapp",
-            "my-app",
-            "web.api",
-            "a",
-            "app_1",
-            "a__b",
-            "a--b",
-            "0day",
-            &"a".repeat(64),
-        ] {
+        for s in ["myapp", "my-app", "web.api", "a", "app_1", "a__b", "a--b", "0day", &"a".repeat(64)] {
             assert!(AppName::parse(s).is_ok(), "{s} should be valid");
         }
     }
@@ -528,10 +476,7 @@ mod tests {
         let v = Version::parse("v1.2.0").unwrap();
         assert_eq!(v.canonical(), "v1.2.0");
         assert_eq!(Version::parse("1.2.0").unwrap(), v);
-        assert_eq!(
-            Version::parse("1.2.0-rc.1+build.5").unwrap().canonical(),
-            "v1.2.0-rc.1+build.5"
-        );
+        assert_eq!(Version::parse("1.2.0-rc.1+build.5").unwrap().canonical(), "v1.2.0-rc.1+build.5");
         for bad in [
             "",
             "v1",
@@ -545,30 +490,13 @@ mod tests {
         ] {
             assert!(Version::parse(bad).is_err(), "{bad:?}");
         }
-        let mut vs: Vec<Version> = [
-            "v1.10.0",
-            "v1.2.0",
-            "1.2.0-rc.1",
-            "v1.1.5",
-            "v2.0.0-alpha",
-            "v1.2.0-beta",
-        ]
-        .iter()
-        .map(|s| Version::parse(s).unwrap())
-        .collect();
+        let mut vs: Vec<Version> = ["v1.10.0", "v1.2.0", "1.2.0-rc.1", "v1.1.5", "v2.0.0-alpha", "v1.2.0-beta"]
+            .iter()
+            .map(|s| Version::parse(s).unwrap())
+            .collect();
         vs.sort();
         let got: Vec<String> = vs.iter().map(|v| v.canonical()).collect();
-        assert_eq!(
-            got,
-            [
-                "v1.1.5",
-                "v1.2.0-beta",
-                "v1.2.0-rc.1",
-                "v1.2.0",
-                "v1.10.0",
-                "v2.0.0-alpha"
-            ]
-        );
+        assert_eq!(got, ["v1.1.5", "v1.2.0-beta", "v1.2.0-rc.1", "v1.2.0", "v1.10.0", "v2.0.0-alpha"]);
     }
 
     #[test]
@@ -595,9 +523,7 @@ mod tests {
 
     #[test]
     fn tag_from_commit_is_utc() {
-        let t = DateTime::parse_from_rfc3339("2025-07-21T23:18:59+02:00")
-            .unwrap()
-            .with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2025-07-21T23:18:59+02:00").unwrap().with_timezone(&Utc);
         let tag = ImageTag::from_commit(t, "F7A5A27E1234567890").unwrap();
         assert_eq!(tag.to_string(), "20250721-2118-f7a5a27");
     }
@@ -616,17 +542,7 @@ mod tests {
     fn object_keys() {
         assert!(ObjectKey::parse("images/a/202507/a-20250721-2118-f7a5a27.json").is_ok());
         assert!(ObjectKey::parse("incoming/x y+z.json").is_ok());
-        for bad in [
-            "",
-            "/abs",
-            "a//b",
-            "a/../b",
-            "./a",
-            "a/",
-            "a\\b",
-            "a\u{0}b",
-            &"k".repeat(1025),
-        ] {
+        for bad in ["", "/abs", "a//b", "a/../b", "./a", "a/", "a\\b", "a\u{0}b", &"k".repeat(1025)] {
             assert!(ObjectKey::parse(bad).is_err(), "{bad:?}");
         }
     }

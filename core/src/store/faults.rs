@@ -27,12 +27,7 @@ impl<S: ObjectStore> ObjectStore for IgnorePreconditions<S> {
     async fn get(&self, key: &ObjectKey, opts: GetOptions) -> Result<GetObject, StoreError> {
         self.0.get(key, opts).await
     }
-    async fn put_bytes(
-        &self,
-        key: &ObjectKey,
-        body: Bytes,
-        _p: Precondition,
-    ) -> Result<ObjectInfo, StoreError> {
+    async fn put_bytes(&self, key: &ObjectKey, body: Bytes, _p: Precondition) -> Result<ObjectInfo, StoreError> {
         self.0.put_bytes(key, body, Precondition::None).await
     }
     async fn put_stream(
@@ -44,20 +39,10 @@ impl<S: ObjectStore> ObjectStore for IgnorePreconditions<S> {
         opts.precondition = Precondition::None;
         self.0.put_stream(key, body, opts).await
     }
-    async fn list_page(
-        &self,
-        prefix: &str,
-        delimited: bool,
-        token: Option<String>,
-    ) -> Result<ListPage, StoreError> {
+    async fn list_page(&self, prefix: &str, delimited: bool, token: Option<String>) -> Result<ListPage, StoreError> {
         self.0.list_page(prefix, delimited, token).await
     }
-    async fn copy(
-        &self,
-        src: &ObjectKey,
-        dst: &ObjectKey,
-        _p: Precondition,
-    ) -> Result<ObjectInfo, StoreError> {
+    async fn copy(&self, src: &ObjectKey, dst: &ObjectKey, _p: Precondition) -> Result<ObjectInfo, StoreError> {
         self.0.copy(src, dst, Precondition::None).await
     }
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
@@ -103,18 +88,13 @@ pub struct Faulty<S> {
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Faulty<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Faulty")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
+        f.debug_struct("Faulty").field("inner", &self.inner).finish_non_exhaustive()
     }
 }
 
 impl<S> Faulty<S> {
     pub fn new(inner: S) -> Self {
-        Faulty {
-            inner,
-            rules: Mutex::new(Vec::new()),
-        }
+        Faulty { inner, rules: Mutex::new(Vec::new()) }
     }
 
     pub fn inner(&self) -> &S {
@@ -153,9 +133,7 @@ impl<S> Faulty<S> {
 
     fn take(&self, op: Op, key: &str) -> Option<Result<u64, StoreError>> {
         let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
-        let i = rules
-            .iter()
-            .position(|r| r.op == op && r.remaining > 0 && key.contains(&r.key_contains))?;
+        let i = rules.iter().position(|r| r.op == op && r.remaining > 0 && key.contains(&r.key_contains))?;
         rules[i].remaining -= 1;
         Some(match &rules[i].kind {
             RuleKind::Fail(make) => Err(make(key)),
@@ -178,11 +156,7 @@ struct CutReader {
 }
 
 impl AsyncRead for CutReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         if self.left == 0 {
             return Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionReset,
@@ -217,50 +191,24 @@ impl<S: ObjectStore> ObjectStore for Faulty<S> {
             Some(Err(e)) => Err(e),
             Some(Ok(after)) => {
                 let obj = self.inner.get(key, opts).await?;
-                Ok(GetObject {
-                    info: obj.info,
-                    body: Box::pin(CutReader {
-                        inner: obj.body,
-                        left: after,
-                    }),
-                })
+                Ok(GetObject { info: obj.info, body: Box::pin(CutReader { inner: obj.body, left: after }) })
             }
             None => self.inner.get(key, opts).await,
         }
     }
-    async fn put_bytes(
-        &self,
-        key: &ObjectKey,
-        body: Bytes,
-        p: Precondition,
-    ) -> Result<ObjectInfo, StoreError> {
+    async fn put_bytes(&self, key: &ObjectKey, body: Bytes, p: Precondition) -> Result<ObjectInfo, StoreError> {
         self.gate(Op::PutBytes, key.as_str())?;
         self.inner.put_bytes(key, body, p).await
     }
-    async fn put_stream(
-        &self,
-        key: &ObjectKey,
-        body: BoxReader,
-        opts: PutOptions,
-    ) -> Result<ObjectInfo, StoreError> {
+    async fn put_stream(&self, key: &ObjectKey, body: BoxReader, opts: PutOptions) -> Result<ObjectInfo, StoreError> {
         self.gate(Op::PutStream, key.as_str())?;
         self.inner.put_stream(key, body, opts).await
     }
-    async fn list_page(
-        &self,
-        prefix: &str,
-        delimited: bool,
-        token: Option<String>,
-    ) -> Result<ListPage, StoreError> {
+    async fn list_page(&self, prefix: &str, delimited: bool, token: Option<String>) -> Result<ListPage, StoreError> {
         self.gate(Op::List, prefix)?;
         self.inner.list_page(prefix, delimited, token).await
     }
-    async fn copy(
-        &self,
-        src: &ObjectKey,
-        dst: &ObjectKey,
-        p: Precondition,
-    ) -> Result<ObjectInfo, StoreError> {
+    async fn copy(&self, src: &ObjectKey, dst: &ObjectKey, p: Precondition) -> Result<ObjectInfo, StoreError> {
         self.gate(Op::Copy, dst.as_str())?;
         self.inner.copy(src, dst, p).await
     }

@@ -39,16 +39,11 @@ impl LocalStore {
             .and_then(|_| std::fs::create_dir_all(root.join(META_DIR).join("locks")))
             .map_err(|e| {
                 StoreError::io(
-                    format!(
-                        "cannot create the local store at {}; check the path and its permissions",
-                        root.display()
-                    ),
+                    format!("cannot create the local store at {}; check the path and its permissions", root.display()),
                     e,
                 )
             })?;
-        let root = root
-            .canonicalize()
-            .map_err(|e| StoreError::io(format!("cannot open {}", root.display()), e))?;
+        let root = root.canonicalize().map_err(|e| StoreError::io(format!("cannot open {}", root.display()), e))?;
         Ok(LocalStore { root })
     }
 
@@ -65,25 +60,16 @@ impl LocalStore {
     fn lock_path(&self, key: &ObjectKey) -> PathBuf {
         // 256 lock stripes: bounded lock files, negligible contention between unrelated keys.
         let digest = Sha256::digest(key.as_str().as_bytes());
-        self.root
-            .join(META_DIR)
-            .join("locks")
-            .join(format!("{:02x}.lock", digest[0]))
+        self.root.join(META_DIR).join("locks").join(format!("{:02x}.lock", digest[0]))
     }
 
     fn temp_path(&self) -> PathBuf {
-        self.root
-            .join(META_DIR)
-            .join("tmp")
-            .join(uuid::Uuid::new_v4().simple().to_string())
+        self.root.join(META_DIR).join("tmp").join(uuid::Uuid::new_v4().simple().to_string())
     }
 
     fn info_from(key: &ObjectKey, md: &std::fs::Metadata) -> ObjectInfo {
         let mtime = md.modified().unwrap_or(UNIX_EPOCH);
-        let nanos = mtime
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
+        let nanos = mtime.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
         ObjectInfo {
             key: key.clone(),
             size: md.len(),
@@ -96,16 +82,10 @@ impl LocalStore {
         match std::fs::metadata(self.path_of(key)) {
             Ok(md) if md.is_file() => Ok(Some(Self::info_from(key, &md))),
             Ok(_) => Ok(None),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.kind() == std::io::ErrorKind::NotADirectory =>
-            {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => {
                 Ok(None)
             }
-            Err(e) => Err(StoreError::io(
-                format!("cannot read {}", self.path_of(key).display()),
-                e,
-            )),
+            Err(e) => Err(StoreError::io(format!("cannot read {}", self.path_of(key).display()), e)),
         }
     }
 
@@ -122,10 +102,7 @@ impl LocalStore {
         .await;
         if let Err(e) = result {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(StoreError::io(
-                format!("writing {key} to the local store {}", self.root.display()),
-                e,
-            ));
+            return Err(StoreError::io(format!("writing {key} to the local store {}", self.root.display()), e));
         }
         Ok(tmp)
     }
@@ -140,14 +117,10 @@ impl LocalStore {
         let this = self.clone();
         let key2 = key.clone();
         let tmp2 = tmp.clone();
-        let res =
-            tokio::task::spawn_blocking(move || this.commit_blocking(&key2, &tmp2, &precondition))
-                .await
-                .map_err(|e| StoreError::Other {
-                    message: format!("local store task failed: {e}"),
-                    retryable: false,
-                })
-                .and_then(|r| r);
+        let res = tokio::task::spawn_blocking(move || this.commit_blocking(&key2, &tmp2, &precondition))
+            .await
+            .map_err(|e| StoreError::Other { message: format!("local store task failed: {e}"), retryable: false })
+            .and_then(|r| r);
         if res.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -177,11 +150,7 @@ impl LocalStore {
         let mtime = match current.as_ref().and_then(|c| c.last_modified) {
             Some(prev) => {
                 let prev: SystemTime = prev.into();
-                if now > prev {
-                    now
-                } else {
-                    prev + Duration::from_nanos(1)
-                }
+                if now > prev { now } else { prev + Duration::from_nanos(1) }
             }
             None => now,
         };
@@ -189,8 +158,7 @@ impl LocalStore {
             .write(true)
             .open(tmp)
             .map_err(|e| ioerr("cannot reopen the temp file for", e))?;
-        f.set_modified(mtime)
-            .map_err(|e| ioerr("cannot set the mtime of", e))?;
+        f.set_modified(mtime).map_err(|e| ioerr("cannot set the mtime of", e))?;
         drop(f);
         let parent = dest.parent().unwrap_or(&self.root).to_path_buf();
         std::fs::create_dir_all(&parent).map_err(|e| ioerr("cannot create the folder for", e))?;
@@ -203,39 +171,24 @@ impl LocalStore {
         Ok(Self::info_from(key, &md))
     }
 
-    fn walk(
-        &self,
-        dir: &Path,
-        rel: &str,
-        out: &mut Vec<(String, ObjectInfo)>,
-    ) -> Result<(), StoreError> {
+    fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<(String, ObjectInfo)>) -> Result<(), StoreError> {
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.kind() == std::io::ErrorKind::NotADirectory =>
-            {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => {
                 return Ok(());
             }
             Err(e) => return Err(StoreError::io(format!("cannot list {}", dir.display()), e)),
         };
         for entry in entries {
-            let entry =
-                entry.map_err(|e| StoreError::io(format!("cannot list {}", dir.display()), e))?;
+            let entry = entry.map_err(|e| StoreError::io(format!("cannot list {}", dir.display()), e))?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
             if rel.is_empty() && name == META_DIR {
                 continue;
             }
-            let key_str = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let ft = entry
-                .file_type()
-                .map_err(|e| StoreError::io(format!("cannot stat {key_str}"), e))?;
+            let key_str = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let ft = entry.file_type().map_err(|e| StoreError::io(format!("cannot stat {key_str}"), e))?;
             if ft.is_dir() {
                 self.walk(&entry.path(), &key_str, out)?;
             } else if ft.is_file()
@@ -263,44 +216,29 @@ impl ObjectStore for LocalStore {
         let path = self.path_of(key);
         let mut f = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.kind() == std::io::ErrorKind::NotADirectory =>
-            {
-                return Err(StoreError::NotFound {
-                    key: key.to_string(),
-                });
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::NotADirectory => {
+                return Err(StoreError::NotFound { key: key.to_string() });
             }
             Err(e) => return Err(StoreError::io(format!("cannot open {}", path.display()), e)),
         };
         // Stat the open handle, not the path: the info then describes exactly these bytes even
         // if a writer renames a new version over the path right now.
-        let md = f
-            .metadata()
-            .await
-            .map_err(|e| StoreError::io(format!("cannot stat {}", path.display()), e))?;
+        let md = f.metadata().await.map_err(|e| StoreError::io(format!("cannot stat {}", path.display()), e))?;
         if md.is_dir() {
-            return Err(StoreError::NotFound {
-                key: key.to_string(),
-            });
+            return Err(StoreError::NotFound { key: key.to_string() });
         }
         let info = Self::info_from(key, &md);
         if let Some(want) = &opts.if_match
             && want != &info.etag
         {
-            return Err(StoreError::PreconditionFailed {
-                key: key.to_string(),
-            });
+            return Err(StoreError::PreconditionFailed { key: key.to_string() });
         }
         if opts.offset > 0 {
             f.seek(std::io::SeekFrom::Start(opts.offset))
                 .await
                 .map_err(|e| StoreError::io(format!("cannot seek {}", path.display()), e))?;
         }
-        Ok(GetObject {
-            info,
-            body: Box::pin(tokio::io::BufReader::with_capacity(256 * 1024, f)),
-        })
+        Ok(GetObject { info, body: Box::pin(tokio::io::BufReader::with_capacity(256 * 1024, f)) })
     }
 
     async fn put_bytes(
@@ -313,31 +251,18 @@ impl ObjectStore for LocalStore {
         self.commit(key, tmp, precondition).await
     }
 
-    async fn put_stream(
-        &self,
-        key: &ObjectKey,
-        body: BoxReader,
-        opts: PutOptions,
-    ) -> Result<ObjectInfo, StoreError> {
+    async fn put_stream(&self, key: &ObjectKey, body: BoxReader, opts: PutOptions) -> Result<ObjectInfo, StoreError> {
         let tmp = self.spool(key, body).await?;
         if let Some(check) = opts.commit_check
             && let Err(reason) = check()
         {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(StoreError::Aborted {
-                key: key.to_string(),
-                reason,
-            });
+            return Err(StoreError::Aborted { key: key.to_string(), reason });
         }
         self.commit(key, tmp, opts.precondition).await
     }
 
-    async fn list_page(
-        &self,
-        prefix: &str,
-        delimited: bool,
-        token: Option<String>,
-    ) -> Result<ListPage, StoreError> {
+    async fn list_page(&self, prefix: &str, delimited: bool, token: Option<String>) -> Result<ListPage, StoreError> {
         let this = self.clone();
         let prefix = prefix.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -347,29 +272,16 @@ impl ObjectStore for LocalStore {
                 None => "",
             };
             let mut found = Vec::new();
-            let start = if dir_part.is_empty() {
-                this.root.clone()
-            } else {
-                this.root.join(dir_part)
-            };
+            let start = if dir_part.is_empty() { this.root.clone() } else { this.root.join(dir_part) };
             if !dir_part.is_empty() && ObjectKey::parse(dir_part).is_err() {
                 return Ok(ListPage::default());
             }
             this.walk(&start, dir_part, &mut found)?;
             found.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok(paginate(
-                found.iter().map(|(k, i)| (k.as_str(), i.clone())),
-                &prefix,
-                delimited,
-                token.as_deref(),
-                1000,
-            ))
+            Ok(paginate(found.iter().map(|(k, i)| (k.as_str(), i.clone())), &prefix, delimited, token.as_deref(), 1000))
         })
         .await
-        .map_err(|e| StoreError::Other {
-            message: format!("local store task failed: {e}"),
-            retryable: false,
-        })?
+        .map_err(|e| StoreError::Other { message: format!("local store task failed: {e}"), retryable: false })?
     }
 
     async fn copy(
@@ -393,8 +305,7 @@ impl ObjectStore for LocalStore {
                 .write(true)
                 .open(this.lock_path(&key))
                 .map_err(|e| StoreError::io(format!("cannot open the lock for {key}"), e))?;
-            lock.lock()
-                .map_err(|e| StoreError::io(format!("cannot lock {key}"), e))?;
+            lock.lock().map_err(|e| StoreError::io(format!("cannot lock {key}"), e))?;
             match std::fs::remove_file(this.path_of(&key)) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -402,10 +313,7 @@ impl ObjectStore for LocalStore {
             }
         })
         .await
-        .map_err(|e| StoreError::Other {
-            message: format!("local store task failed: {e}"),
-            retryable: false,
-        })?
+        .map_err(|e| StoreError::Other { message: format!("local store task failed: {e}"), retryable: false })?
     }
 
     fn precondition_support(&self) -> PreconditionSupport {

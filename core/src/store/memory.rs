@@ -37,11 +37,7 @@ impl MemoryStore {
 
     /// A store that lists at most `page_size` keys per page, to exercise pagination.
     pub fn with_page_size(page_size: usize) -> Self {
-        MemoryStore {
-            objects: Mutex::new(BTreeMap::new()),
-            next_etag: AtomicU64::new(1),
-            page_size: page_size.max(1),
-        }
+        MemoryStore { objects: Mutex::new(BTreeMap::new()), next_etag: AtomicU64::new(1), page_size: page_size.max(1) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -59,54 +55,25 @@ impl MemoryStore {
         }
     }
 
-    fn write(
-        &self,
-        key: &ObjectKey,
-        body: Bytes,
-        precondition: &Precondition,
-    ) -> Result<ObjectInfo, StoreError> {
+    fn write(&self, key: &ObjectKey, body: Bytes, precondition: &Precondition) -> Result<ObjectInfo, StoreError> {
         let mut map = self.lock();
         check(map.get(key.as_str()).map(|e| &e.info), key, precondition)?;
-        let etag = ETag(format!(
-            "\"mem-{}\"",
-            self.next_etag.fetch_add(1, Ordering::SeqCst)
-        ));
-        let info = ObjectInfo {
-            key: key.clone(),
-            size: body.len() as u64,
-            etag,
-            last_modified: Some(Utc::now()),
-        };
-        map.insert(
-            key.as_str().to_owned(),
-            Entry {
-                body,
-                info: info.clone(),
-            },
-        );
+        let etag = ETag(format!("\"mem-{}\"", self.next_etag.fetch_add(1, Ordering::SeqCst)));
+        let info = ObjectInfo { key: key.clone(), size: body.len() as u64, etag, last_modified: Some(Utc::now()) };
+        map.insert(key.as_str().to_owned(), Entry { body, info: info.clone() });
         Ok(info)
     }
 }
 
 /// The precondition rules every store follows (S3's semantics).
-pub(crate) fn check(
-    current: Option<&ObjectInfo>,
-    key: &ObjectKey,
-    p: &Precondition,
-) -> Result<(), StoreError> {
+pub(crate) fn check(current: Option<&ObjectInfo>, key: &ObjectKey, p: &Precondition) -> Result<(), StoreError> {
     match (p, current) {
         (Precondition::None, _) => Ok(()),
         (Precondition::IfAbsent, None) => Ok(()),
-        (Precondition::IfAbsent, Some(_)) => Err(StoreError::PreconditionFailed {
-            key: key.to_string(),
-        }),
-        (Precondition::IfMatch(_), None) => Err(StoreError::NotFound {
-            key: key.to_string(),
-        }),
+        (Precondition::IfAbsent, Some(_)) => Err(StoreError::PreconditionFailed { key: key.to_string() }),
+        (Precondition::IfMatch(_), None) => Err(StoreError::NotFound { key: key.to_string() }),
         (Precondition::IfMatch(want), Some(info)) if &info.etag == want => Ok(()),
-        (Precondition::IfMatch(_), Some(_)) => Err(StoreError::PreconditionFailed {
-            key: key.to_string(),
-        }),
+        (Precondition::IfMatch(_), Some(_)) => Err(StoreError::PreconditionFailed { key: key.to_string() }),
     }
 }
 
@@ -132,13 +99,8 @@ pub(crate) fn paginate<'a>(
         {
             continue;
         }
-        let common = if delimited {
-            key[prefix.len()..]
-                .find('/')
-                .map(|pos| &key[..prefix.len() + pos + 1])
-        } else {
-            None
-        };
+        let common =
+            if delimited { key[prefix.len()..].find('/').map(|pos| &key[..prefix.len() + pos + 1]) } else { None };
         if let Some(p) = common
             && page.prefixes.last().map(String::as_str) == Some(p)
         {
@@ -175,21 +137,14 @@ impl ObjectStore for MemoryStore {
 
     async fn get(&self, key: &ObjectKey, opts: GetOptions) -> Result<GetObject, StoreError> {
         let map = self.lock();
-        let e = map.get(key.as_str()).ok_or_else(|| StoreError::NotFound {
-            key: key.to_string(),
-        })?;
+        let e = map.get(key.as_str()).ok_or_else(|| StoreError::NotFound { key: key.to_string() })?;
         if let Some(want) = &opts.if_match
             && want != &e.info.etag
         {
-            return Err(StoreError::PreconditionFailed {
-                key: key.to_string(),
-            });
+            return Err(StoreError::PreconditionFailed { key: key.to_string() });
         }
         let start = (opts.offset as usize).min(e.body.len());
-        Ok(GetObject {
-            info: e.info.clone(),
-            body: reader_from_bytes(e.body.slice(start..)),
-        })
+        Ok(GetObject { info: e.info.clone(), body: reader_from_bytes(e.body.slice(start..)) })
     }
 
     async fn put_bytes(
@@ -208,28 +163,16 @@ impl ObjectStore for MemoryStore {
         opts: PutOptions,
     ) -> Result<ObjectInfo, StoreError> {
         let mut buf = Vec::new();
-        body.read_to_end(&mut buf)
-            .await
-            .map_err(|e| StoreError::io(format!("reading the body for {key}"), e))?;
+        body.read_to_end(&mut buf).await.map_err(|e| StoreError::io(format!("reading the body for {key}"), e))?;
         if let Some(check) = opts.commit_check {
-            check().map_err(|reason| StoreError::Aborted {
-                key: key.to_string(),
-                reason,
-            })?;
+            check().map_err(|reason| StoreError::Aborted { key: key.to_string(), reason })?;
         }
         self.write(key, Bytes::from(buf), &opts.precondition)
     }
 
-    async fn list_page(
-        &self,
-        prefix: &str,
-        delimited: bool,
-        token: Option<String>,
-    ) -> Result<ListPage, StoreError> {
+    async fn list_page(&self, prefix: &str, delimited: bool, token: Option<String>) -> Result<ListPage, StoreError> {
         let map = self.lock();
-        let iter = map
-            .range(prefix.to_owned()..)
-            .map(|(k, e)| (k.as_str(), e.info.clone()));
+        let iter = map.range(prefix.to_owned()..).map(|(k, e)| (k.as_str(), e.info.clone()));
         Ok(paginate(
             iter.take_while(|(k, _)| k.starts_with(prefix)),
             prefix,
@@ -249,9 +192,7 @@ impl ObjectStore for MemoryStore {
             let map = self.lock();
             map.get(src.as_str())
                 .map(|e| e.body.clone())
-                .ok_or_else(|| StoreError::NotFound {
-                    key: src.to_string(),
-                })?
+                .ok_or_else(|| StoreError::NotFound { key: src.to_string() })?
         };
         self.write(dst, body, &precondition)
     }

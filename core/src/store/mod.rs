@@ -81,9 +81,7 @@ pub struct GetObject {
 
 impl std::fmt::Debug for GetObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GetObject")
-            .field("info", &self.info)
-            .finish_non_exhaustive()
+        f.debug_struct("GetObject").field("info", &self.info).finish_non_exhaustive()
     }
 }
 
@@ -131,9 +129,7 @@ pub enum StoreError {
         "cannot reach {endpoint} ({detail}); check the endpoint URL, your network, and that the service is running"
     )]
     Unreachable { endpoint: String, detail: String },
-    #[error(
-        "bucket {bucket} does not exist; create it or fix the store URL (s3://BUCKET[/PREFIX])"
-    )]
+    #[error("bucket {bucket} does not exist; create it or fix the store URL (s3://BUCKET[/PREFIX])")]
     NoSuchBucket { bucket: String },
     #[error(
         "{store} refused the credentials or the request ({detail}); check AWS_PROFILE / AWS_ACCESS_KEY_ID and the IAM policy"
@@ -185,10 +181,7 @@ impl StoreError {
     }
 
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        StoreError::Io {
-            context: context.into(),
-            source,
-        }
+        StoreError::Io { context: context.into(), source }
     }
 }
 
@@ -224,21 +217,11 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Writes a streaming body of any size, with memory bounded independently of it (S3:
     /// multipart above a threshold, concurrent parts). On any error the partial upload is
     /// discarded and nothing becomes visible.
-    async fn put_stream(
-        &self,
-        key: &ObjectKey,
-        body: BoxReader,
-        opts: PutOptions,
-    ) -> Result<ObjectInfo, StoreError>;
+    async fn put_stream(&self, key: &ObjectKey, body: BoxReader, opts: PutOptions) -> Result<ObjectInfo, StoreError>;
 
     /// One page of a listing, in key order. `delimited` groups keys below the next `/` into
     /// [`ListPage::prefixes`].
-    async fn list_page(
-        &self,
-        prefix: &str,
-        delimited: bool,
-        token: Option<String>,
-    ) -> Result<ListPage, StoreError>;
+    async fn list_page(&self, prefix: &str, delimited: bool, token: Option<String>) -> Result<ListPage, StoreError>;
 
     /// Server-side copy. With `IfAbsent` the copy fails with `PreconditionFailed` if `dst`
     /// exists.
@@ -258,10 +241,7 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 }
 
 /// Every object under `prefix`, following continuation tokens.
-pub async fn list_all(
-    store: &dyn ObjectStore,
-    prefix: &str,
-) -> Result<Vec<ObjectInfo>, StoreError> {
+pub async fn list_all(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
     let mut out = Vec::new();
     let mut token = None;
     loop {
@@ -275,10 +255,7 @@ pub async fn list_all(
 }
 
 /// The "folders" directly under `prefix` (each ending in `/`).
-pub async fn list_prefixes(
-    store: &dyn ObjectStore,
-    prefix: &str,
-) -> Result<Vec<String>, StoreError> {
+pub async fn list_prefixes(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<String>, StoreError> {
     let mut out = Vec::new();
     let mut token = None;
     loop {
@@ -320,38 +297,20 @@ pub async fn probe_preconditions(store: &dyn ObjectStore) -> Result<(), StoreErr
     }
     let key = crate::layout::probe(&uuid::Uuid::new_v4().simple().to_string());
     let ignored = || StoreError::PreconditionsIgnored { store: store.url() };
-    let first = store
-        .put_bytes(&key, Bytes::from_static(b"probe-1"), Precondition::IfAbsent)
-        .await?;
+    let first = store.put_bytes(&key, Bytes::from_static(b"probe-1"), Precondition::IfAbsent).await?;
     let result = async {
-        match store
-            .put_bytes(&key, Bytes::from_static(b"probe-2"), Precondition::IfAbsent)
-            .await
-        {
+        match store.put_bytes(&key, Bytes::from_static(b"probe-2"), Precondition::IfAbsent).await {
             Err(e) if e.is_precondition_failed() => {}
             Ok(_) => return Err(ignored()),
             Err(e) => return Err(e),
         }
         let stale = ETag("\"00000000000000000000000000000000\"".into());
-        match store
-            .put_bytes(
-                &key,
-                Bytes::from_static(b"probe-3"),
-                Precondition::IfMatch(stale),
-            )
-            .await
-        {
+        match store.put_bytes(&key, Bytes::from_static(b"probe-3"), Precondition::IfMatch(stale)).await {
             Err(e) if e.is_precondition_failed() => {}
             Ok(_) => return Err(ignored()),
             Err(e) => return Err(e),
         }
-        store
-            .put_bytes(
-                &key,
-                Bytes::from_static(b"probe-4"),
-                Precondition::IfMatch(first.etag.clone()),
-            )
-            .await?;
+        store.put_bytes(&key, Bytes::from_static(b"probe-4"), Precondition::IfMatch(first.etag.clone())).await?;
         Ok(())
     }
     .await;
