@@ -139,6 +139,10 @@ pub struct ImageMetadata {
     /// `docker-archive` (classic `docker save`) or `oci-archive` (containerd image store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// When this push replaced different content under the same tag: where the replaced
+    /// metadata was archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_previous: Option<String>,
 }
 
 impl Document for ImageMetadata {
@@ -208,6 +212,12 @@ pub struct TagDoc {
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+    /// Set by a forced move: what the tag pointed to before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousTarget>,
+    /// Set by a forced move: where the replaced tag file was archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_to: Option<String>,
 }
 
 impl Document for TagDoc {

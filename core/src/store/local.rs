@@ -254,7 +254,7 @@ impl ObjectStore for LocalStore {
     async fn put_stream(&self, key: &ObjectKey, body: BoxReader, opts: PutOptions) -> Result<ObjectInfo, StoreError> {
         let tmp = self.spool(key, body).await?;
         if let Some(check) = opts.commit_check
-            && let Err(reason) = check()
+            && let Err(reason) = check().await
         {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(StoreError::Aborted { key: key.to_string(), reason });

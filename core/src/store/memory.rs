@@ -165,7 +165,7 @@ impl ObjectStore for MemoryStore {
         let mut buf = Vec::new();
         body.read_to_end(&mut buf).await.map_err(|e| StoreError::io(format!("reading the body for {key}"), e))?;
         if let Some(check) = opts.commit_check {
-            check().map_err(|reason| StoreError::Aborted { key: key.to_string(), reason })?;
+            check().await.map_err(|reason| StoreError::Aborted { key: key.to_string(), reason })?;
         }
         self.write(key, Bytes::from(buf), &opts.precondition)
     }

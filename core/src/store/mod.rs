@@ -17,6 +17,7 @@
 pub mod faults;
 pub mod local;
 pub mod memory;
+pub mod s3;
 
 use std::pin::Pin;
 
@@ -29,6 +30,7 @@ use crate::names::ObjectKey;
 
 pub use local::LocalStore;
 pub use memory::MemoryStore;
+pub use s3::{S3Config, S3Store};
 
 /// A streaming body.
 pub type BoxReader = Pin<Box<dyn AsyncRead + Send>>;
@@ -87,8 +89,14 @@ impl std::fmt::Debug for GetObject {
 
 /// Run after the whole body was read and before the object becomes visible; an `Err` aborts
 /// the write (nothing becomes visible) with [`StoreError::Aborted`]. The pusher uses it to skip
-/// an upload whose MD5 turns out to match what the bucket already holds.
-pub type CommitCheck = Box<dyn FnOnce() -> Result<(), String> + Send>;
+/// an upload whose MD5 turns out to match what the bucket already holds, and to archive the
+/// content it is about to replace. It is async so it can do that copy.
+pub type CommitCheck = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, Result<(), String>> + Send>;
+
+/// A commit check from a plain closure.
+pub fn commit_check(f: impl FnOnce() -> Result<(), String> + Send + 'static) -> CommitCheck {
+    Box::new(move || Box::pin(std::future::ready(f())))
+}
 
 #[derive(Default)]
 pub struct PutOptions {

@@ -1,0 +1,71 @@
+//! One module per command: its arguments (clap derive) and its `run`, which resolves the
+//! settings, calls the registry and builds an [`Output`]. Adding a command is a module here,
+//! a variant in [`crate::args::Command`] and its line in [`run`].
+
+pub mod cleanup;
+pub mod config;
+pub mod current;
+pub mod history;
+pub mod list;
+pub mod promote;
+pub mod rollback;
+pub mod tag;
+
+use s3dock_core::events::{EventError, Outcome};
+use serde_json::{Value, json};
+
+use crate::args::Command;
+use crate::context::Context;
+use crate::exit::CliError;
+use crate::output::Output;
+
+/// Runs one command.
+pub async fn run(command: &Command, ctx: &Context) -> Result<Output, CliError> {
+    match command {
+        Command::Tag(args) => tag::run(ctx, args).await,
+        Command::Promote(args) => promote::run(ctx, args).await,
+        Command::Current(args) => current::run(ctx, args).await,
+        Command::List(args) => list::run(ctx, args).await,
+        Command::Cleanup(args) => cleanup::run(ctx, args).await,
+        Command::Rollback(args) => rollback::run(ctx, args).await,
+        Command::History(args) => history::run(ctx, args).await,
+        Command::Config(args) => config::run(ctx, args).await,
+    }
+}
+
+/// The result of the inline event handler that ran after a write: `null` when none ran
+/// (`events = "lambda"`, or nothing was written).
+pub(crate) fn event_json(event: &Option<Result<Outcome, EventError>>) -> Value {
+    match event {
+        None => Value::Null,
+        Some(Ok(Outcome::Recorded { audit_key, notified })) => {
+            json!({"status": "recorded", "audit_key": audit_key.as_str(), "notified": notified})
+        }
+        Some(Ok(Outcome::Duplicate { audit_key })) => json!({"status": "duplicate", "audit_key": audit_key.as_str()}),
+        Some(Ok(Outcome::Ignored { reason })) => json!({"status": "ignored", "reason": reason}),
+        Some(Ok(Outcome::Rejected { reason, archived_to, audit_key })) => json!({
+            "status": "rejected",
+            "reason": reason,
+            "archived_to": archived_to.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            "audit_key": audit_key.as_ref().map(|k| k.as_str()),
+        }),
+        Some(Err(e)) => json!({"status": "failed", "error": e.message, "retryable": e.retryable}),
+    }
+}
+
+/// The warning for an inline event that did not go well. The write itself succeeded (the
+/// command exits 0); what is missing is its audit record, or the handler undid the write.
+pub(crate) fn event_warning(event: &Option<Result<Outcome, EventError>>, what: &str) -> Option<String> {
+    match event {
+        Some(Err(e)) => Some(format!(
+            "{what} succeeded, but writing its audit record failed: {e}; the change stands, only the history lacks it"
+        )),
+        Some(Ok(Outcome::Rejected { reason, archived_to, .. })) => {
+            let moved = archived_to.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+            Some(format!(
+                "{what} was written, then rejected by the audit handler ({reason}) and moved to {moved}; check the image still exists and run the command again"
+            ))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,72 @@
+//! What a command runs with: the global flags, the outside world, and the one function that
+//! turns resolved settings into a store and a registry (push, pull and deploy reuse it).
+
+use std::io::Write;
+use std::sync::Arc;
+
+use s3dock_core::clock::SystemClock;
+use s3dock_core::registry::{EventMode, Registry};
+use s3dock_core::store::{LocalStore, ObjectStore, S3Store};
+
+use crate::args::GlobalArgs;
+use crate::config::Events;
+use crate::exit::CliError;
+use crate::output::clean;
+use crate::settings::{Environment, Settings, StoreLocation};
+
+/// A command's inputs besides its own arguments.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub flags: GlobalArgs,
+    pub env: Environment,
+}
+
+impl Context {
+    pub fn new(flags: GlobalArgs, env: Environment) -> Self {
+        Context { flags, env }
+    }
+
+    /// The resolve step (flags > environment > profile > defaults).
+    pub fn settings(&self) -> Result<Settings, CliError> {
+        Settings::resolve(&self.flags, &self.env)
+    }
+
+    /// A progress or info line on stderr, right away (hidden by `-q`).
+    pub fn info(&self, message: &str) {
+        if !self.flags.quiet {
+            let _ = writeln!(std::io::stderr(), "{}", clean(message));
+        }
+    }
+
+    /// The store the settings name: a local directory (created on first use) or an S3 bucket.
+    /// No request is sent: an unreachable endpoint or refused credentials surface, mapped to
+    /// exit code 6, on the first operation.
+    pub async fn open_store(&self, settings: &Settings) -> Result<Arc<dyn ObjectStore>, CliError> {
+        match &settings.store.value {
+            StoreLocation::Local(path) => {
+                let existed = path.exists();
+                let store = LocalStore::open(path)?;
+                if !existed {
+                    self.info(&format!("created a new local store at {}", store.root().display()));
+                }
+                Ok(Arc::new(store))
+            }
+            StoreLocation::S3(cfg) => {
+                let store = S3Store::connect(cfg.clone()).await?;
+                tracing::debug!(store = %cfg.url(), endpoint = %store.endpoint(), "S3 store ready");
+                Ok(Arc::new(store))
+            }
+        }
+    }
+
+    /// The registry over the settings' store, with the system clock, the acting user and the
+    /// profile's event mode.
+    pub async fn open_registry(&self, settings: &Settings) -> Result<Registry, CliError> {
+        let store = self.open_store(settings).await?;
+        let mode = match settings.events.value {
+            Events::Inline => EventMode::Inline,
+            Events::Lambda => EventMode::Lambda,
+        };
+        Ok(Registry::new(store, Arc::new(SystemClock), settings.user.value.clone(), mode))
+    }
+}

@@ -1,0 +1,180 @@
+//! Exit codes and the CLI's error: every failure carries the class that picks its exit code
+//! and a one-line message that says what to do next.
+//!
+//! The classes are core's [`ErrorKind`]; the CLI adds only its own sources of failure (flags,
+//! the config file, the terminal) on top, each mapped to one of them.
+
+use std::fmt;
+
+use s3dock_core::ErrorKind;
+use s3dock_core::names::NameError;
+use s3dock_core::store::StoreError;
+
+/// Success, including no-ops (tagging the same image again, promoting what is current).
+pub const SUCCESS: u8 = 0;
+
+/// The exit-code table, shown by `--help` and kept in sync with `docs/cli.md` by a test.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success, including no-ops (tag or promote what is already there)
+  1  internal error (a bug, or an unexpected local failure)
+  2  usage error: bad flags, invalid names, unknown profile, bad config file
+  3  not found: no such image, tag, pointer or previous target
+  4  conflict or refused: immutable tag, concurrent change, unsafe store, file exists
+  5  integrity: malformed, cyclic or foreign pointer or tag, checksum mismatch
+  6  unavailable: store unreachable, bucket missing, credentials refused or missing";
+
+/// The exit code of a class of failure.
+pub fn code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Internal => 1,
+        ErrorKind::Usage => 2,
+        ErrorKind::NotFound => 3,
+        ErrorKind::Conflict => 4,
+        ErrorKind::Integrity => 5,
+        ErrorKind::Unavailable => 6,
+    }
+}
+
+/// The class's name in `--json` errors.
+pub fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Internal => "internal",
+        ErrorKind::Usage => "usage",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::Conflict => "conflict",
+        ErrorKind::Integrity => "integrity",
+        ErrorKind::Unavailable => "unavailable",
+    }
+}
+
+/// A failed command: its class and its one-line message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl CliError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        // Messages are printed as one line (and embedded in JSON): fold any newline a
+        // lower layer let through.
+        let message: String = message.into();
+        let message = if message.contains('\n') {
+            message.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+        } else {
+            message
+        };
+        CliError { kind, message }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Usage, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        code(self.kind)
+    }
+
+    /// The `--json` form: `{"error":{"kind":..,"message":..,"exit_code":..}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "kind": kind_name(self.kind),
+                "message": self.message,
+                "exit_code": self.exit_code(),
+            }
+        })
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<s3dock_core::Error> for CliError {
+    fn from(e: s3dock_core::Error) -> Self {
+        CliError::new(e.kind(), e.to_string())
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        s3dock_core::Error::from(e).into()
+    }
+}
+
+impl From<NameError> for CliError {
+    fn from(e: NameError) -> Self {
+        CliError::usage(e.to_string())
+    }
+}
+
+/// Unexpected local failures (writing to stdout, building the runtime): internal, with the
+/// whole context chain on one line.
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::internal(format!("{e:#}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_and_documented() {
+        let kinds = [
+            ErrorKind::Internal,
+            ErrorKind::Usage,
+            ErrorKind::NotFound,
+            ErrorKind::Conflict,
+            ErrorKind::Integrity,
+            ErrorKind::Unavailable,
+        ];
+        let mut codes: Vec<u8> = kinds.iter().map(|k| code(*k)).collect();
+        codes.sort();
+        assert_eq!(codes, [1, 2, 3, 4, 5, 6]);
+        for k in kinds {
+            assert!(EXIT_CODES_HELP.contains(&format!("  {}  ", code(k))), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn core_errors_keep_their_class() {
+        let e: CliError = StoreError::NoSuchBucket { bucket: "b-1".into() }.into();
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::Unavailable, 6));
+        assert!(e.message().contains("b-1"));
+        let e: CliError = s3dock_core::names::AppName::parse("A").unwrap_err().into();
+        assert_eq!(e.exit_code(), 2);
+        let j = e.to_json();
+        assert_eq!(j["error"]["kind"], "usage");
+        assert_eq!(j["error"]["exit_code"], 2);
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        let e = CliError::internal("first\n  second\n\nthird");
+        assert_eq!(e.message(), "first second third");
+    }
+}

@@ -1,0 +1,43 @@
+//! The `s3dock` command line. `main` only parses, starts tracing, calls [`run`] and exits with
+//! what [`output::emit`] returns; everything else lives here so tests can call it.
+//!
+//! - [`args`]: what was typed (clap), global flags and the command list.
+//! - [`settings`]: the one resolve step, flags > environment > profile > defaults, remembering
+//!   where each value came from; [`config`] is the TOML file it reads.
+//! - [`context`]: a command's inputs and the construction of the store and registry.
+//! - [`commands`]: one module per command, each returning an [`output::Output`].
+//! - [`output`]: human tables or `--json`, warnings and hints on stderr.
+//! - [`exit`]: the error type and the documented exit codes.
+
+pub mod args;
+pub mod commands;
+pub mod config;
+pub mod context;
+pub mod exit;
+pub mod output;
+pub mod settings;
+
+use args::Cli;
+use context::Context;
+use exit::CliError;
+use output::Output;
+use settings::Environment;
+
+/// Runs the parsed command line against `env` (the process environment in production).
+pub async fn run(cli: &Cli, env: Environment) -> Result<Output, CliError> {
+    let ctx = Context::new(cli.global.clone(), env);
+    commands::run(&cli.command, &ctx).await
+}
+
+/// The tracing filter for `-v`/`-q`: s3dock's own crates at the chosen level, dependencies one
+/// step quieter (the AWS SDK is chatty), unless `RUST_LOG` says otherwise.
+pub fn log_filter(verbose: u8, quiet: bool) -> String {
+    let (ours, theirs) = match (quiet, verbose) {
+        (true, _) => ("error", "error"),
+        (false, 0) => ("warn", "warn"),
+        (false, 1) => ("info", "warn"),
+        (false, 2) => ("debug", "info"),
+        (false, _) => ("trace", "debug"),
+    };
+    format!("{theirs},s3dock={ours},s3dock_cli={ours},s3dock_core={ours},s3dock_engine={ours}")
+}

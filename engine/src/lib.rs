@@ -1,0 +1,29 @@
+//! s3dock's Docker engine and git access, shared by the CLI and the host agent (never linked by
+//! the Lambda functions: bollard and libgit2 have no business in a cold start).
+//!
+//! - [`docker`]: the [`DockerEngine`] trait in s3dock's vocabulary and [`BollardEngine`], its
+//!   implementation: API version negotiation, streamed save/load/build with in-band error
+//!   checks, images and containers.
+//! - [`archive`]: telling the classic and OCI `docker save` layouts apart.
+//! - [`git`]: the HEAD commit, its tag, and the clean-tree check.
+//! - [`context`]: the build context tar, streamed, filtered by `.dockerignore` with Docker's
+//!   semantics.
+//! - [`ship`]: push (save -> gzip -> bucket) and pull (bucket -> verify -> gunzip -> load).
+//! - [`build`](mod@build): the build flow `s3dock build` runs, and the provenance labels it writes.
+
+pub mod archive;
+pub mod build;
+pub mod context;
+pub mod docker;
+pub mod git;
+pub mod ship;
+
+pub use archive::{ArchiveFormat, archive_format_of, sniff_archive_format};
+pub use build::{BuildError, BuildRequest, BuildResult, GitLabels, build, labels_to_git};
+pub use context::{ContextError, context_tar};
+pub use docker::{
+    BollardEngine, BuildOptions, BuildOutcome, ContainerFilter, ContainerInfo, ContainerSpec, ContainerSummary,
+    DockerEngine, EngineError, EngineVersion, HealthStatus, ImageInfo, ImageSummary, LoadOutcome, PortPublish,
+    Protocol, PublishedPort, RestartPolicy,
+};
+pub use git::{GitError, GitFacts, inspect_repo};

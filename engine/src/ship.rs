@@ -1,0 +1,375 @@
+//! Push and pull: the Docker engine on one side, the bucket on the other, one streaming pass
+//! in between, with memory bounded independently of the image's size.
+//!
+//! push: `docker save` -> gzip (parallel, in independent members) -> MD5 + SHA-256 + size ->
+//! multipart upload; skipped without exporting when the bucket already has the image id.
+//!
+//! pull: download (resumable, hashed) -> gunzip -> `docker load`; skipped when the engine
+//! already has the image id. The download turns its end into an error when the bytes do not
+//! match the metadata, and `load_image` withholds the end of its upload until its input ended
+//! cleanly, so a corrupted archive reaches `docker load` as an aborted upload and nothing is
+//! loaded. After loading, the loaded image id is checked against the metadata.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use s3dock_core::gzip::{self, GzipOptions};
+use s3dock_core::names::{AppName, EnvName, ImageRef, ImageTag, Version};
+use s3dock_core::push::{PushFacts, PushOutcome, PushPlan};
+use s3dock_core::registry::{Registry, Resolved};
+use s3dock_core::store::BoxReader;
+use s3dock_core::transfer::{self, Progress};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::archive::ArchiveFormat;
+use crate::build::{LABEL_APP, labels_to_git};
+use crate::docker::{ContainerFilter, DockerEngine, EngineError};
+
+/// What went wrong shipping an image. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Registry(#[from] s3dock_core::Error),
+    /// The request is refused as asked (an image s3dock did not build, of another app...).
+    #[error("{message}")]
+    Refused { message: String },
+    /// The bytes are not what the bucket says they are.
+    #[error("{message}")]
+    Integrity { message: String },
+}
+
+impl ShipError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ShipError::Engine(e) => e.is_retryable(),
+            ShipError::Registry(e) => e.is_retryable(),
+            ShipError::Refused { .. } | ShipError::Integrity { .. } => false,
+        }
+    }
+}
+
+/// Git facts given by hand, for images not built by `s3dock build`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitOverride {
+    pub commit: String,
+    pub committed_at: DateTime<Utc>,
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PushRequest {
+    pub image: ImageRef,
+    pub git: Option<GitOverride>,
+    pub gzip: GzipOptions,
+}
+
+#[derive(Debug)]
+pub struct PushReport {
+    pub image: ImageRef,
+    pub image_id: String,
+    /// The image's size in the engine: what `docker save` is expected to stream, roughly.
+    pub image_size: u64,
+    /// Tar bytes read from `docker save` (0 when skipped before exporting).
+    pub tar_bytes: u64,
+    pub outcome: PushOutcome,
+    pub seconds: f64,
+}
+
+/// Progress counters a caller can render: tar bytes exported and compressed bytes uploaded.
+#[derive(Debug, Clone, Default)]
+pub struct PushProgress {
+    pub exported: Progress,
+    /// The estimated total of `exported` (the image size), set once known.
+    pub expected: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Pushes `req.image` from the engine to the bucket.
+pub async fn push(
+    engine: &dyn DockerEngine,
+    registry: &Registry,
+    req: &PushRequest,
+    progress: &PushProgress,
+) -> Result<PushReport, ShipError> {
+    let started = Instant::now();
+    let image = &req.image;
+    let reference = image.to_string();
+    let info = engine
+        .inspect_image(&reference)
+        .await?
+        .ok_or_else(|| EngineError::ImageNotFound { reference: reference.clone() })?;
+    if let Some(app) = info.labels.get(LABEL_APP)
+        && app != image.app.as_str()
+    {
+        return Err(ShipError::Refused {
+            message: format!(
+                "{reference} was built by s3dock for app {app}, not {}; push it as {app}:{} or rebuild it with `s3dock build {}`",
+                image.app, image.tag, image.app
+            ),
+        });
+    }
+    let facts = match (&req.git, labels_to_git(&info.labels)) {
+        (Some(g), _) => (g.commit.clone(), g.committed_at, g.source.clone()),
+        (None, Some(g)) => (g.commit, g.committed_at, g.source),
+        (None, None) => {
+            return Err(ShipError::Refused {
+                message: format!(
+                    "{reference} was not built by s3dock: it has no org.opencontainers.image.revision/created labels; build it with `s3dock build {}`, or give its commit with --git-commit SHA --git-time RFC3339",
+                    image.app
+                ),
+            });
+        }
+    };
+    let (commit, committed_at, source) = facts;
+    let expected_tag =
+        ImageTag::from_commit(committed_at, &commit).map_err(|e| ShipError::Refused { message: e.to_string() })?;
+    if expected_tag != image.tag {
+        return Err(ShipError::Refused {
+            message: format!(
+                "{reference} carries commit {} from {}, whose s3dock tag is {expected_tag}, not {}; push {}:{expected_tag} instead",
+                &commit[..commit.len().min(12)],
+                committed_at.format("%Y-%m-%d %H:%M UTC"),
+                image.tag,
+                image.app
+            ),
+        });
+    }
+    progress.expected.store(info.size, std::sync::atomic::Ordering::Relaxed);
+    let existing = match registry.plan_push(image, &info.id).await? {
+        PushPlan::Skip { record, reason } => {
+            return Ok(PushReport {
+                image: image.clone(),
+                image_id: info.id.clone(),
+                image_size: info.size,
+                tar_bytes: 0,
+                outcome: PushOutcome {
+                    image: image.clone(),
+                    archive_key: record.archive_key,
+                    metadata_key: record.metadata_key,
+                    digests: None,
+                    skipped: Some(reason),
+                    archived: vec![],
+                    event: None,
+                },
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        PushPlan::Upload { existing } => existing,
+    };
+    let format = save_format(engine).await?;
+    let saved = engine.save_image(&reference).await?;
+    let counted = transfer::counting(saved, progress.exported.clone());
+    let compressed = gzip::compress(counted, req.gzip);
+    let facts = PushFacts {
+        image_id: info.id.clone(),
+        git_hash: commit,
+        git_time: expected_tag.time_str(),
+        platform: Some(info.platform()),
+        source,
+        format: Some(format.as_str().to_owned()),
+    };
+    let mut outcome = registry.push_archive(image, &facts, compressed, existing).await?;
+    outcome.image = image.clone();
+    Ok(PushReport {
+        image: image.clone(),
+        image_id: info.id,
+        image_size: info.size,
+        tar_bytes: progress.exported.bytes(),
+        outcome,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The layout `docker save` writes on this engine: OCI on engines 25+ and on any engine using
+/// the containerd image store, the classic Docker archive otherwise.
+async fn save_format(engine: &dyn DockerEngine) -> Result<ArchiveFormat, ShipError> {
+    let v = engine.version().await?;
+    let major: u32 = v.server_version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    Ok(if v.containerd_store || major >= 25 { ArchiveFormat::OciArchive } else { ArchiveFormat::DockerArchive })
+}
+
+/// What to pull: an environment's current image, or a version.
+#[derive(Debug, Clone)]
+pub enum PullTarget {
+    Env(EnvName),
+    Version(Version),
+}
+
+#[derive(Debug, Clone)]
+pub struct PullRequest {
+    pub app: AppName,
+    pub target: PullTarget,
+    /// Keep this many newest local images of the app and remove older unused ones.
+    pub keep: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct PullReport {
+    pub image: ImageRef,
+    pub image_id: Option<String>,
+    /// Why nothing was downloaded, if so.
+    pub skipped: Option<String>,
+    /// Compressed bytes downloaded.
+    pub bytes: u64,
+    pub resolved: Resolved,
+    /// Local images removed by `keep`.
+    pub removed: Vec<String>,
+    pub seconds: f64,
+}
+
+/// Records the first error a stream returns, so a failed `docker load` can say why.
+struct ErrorTap {
+    inner: BoxReader,
+    first: Arc<Mutex<Option<String>>>,
+}
+
+impl AsyncRead for ErrorTap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = self.inner.as_mut().poll_read(cx, buf);
+        if let std::task::Poll::Ready(Err(e)) = &r {
+            let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+            if first.is_none() {
+                *first = Some(e.to_string());
+            }
+        }
+        r
+    }
+}
+
+/// Resolves what to pull and brings it into the engine (see the module doc).
+pub async fn pull(
+    engine: &dyn DockerEngine,
+    registry: &Registry,
+    req: &PullRequest,
+    progress: &Progress,
+) -> Result<PullReport, ShipError> {
+    let started = Instant::now();
+    let resolved = match &req.target {
+        PullTarget::Env(env) => registry.resolve(&req.app, env).await?,
+        PullTarget::Version(v) => registry.resolve_version(&req.app, v).await?,
+    };
+    let record = resolved.record.clone();
+    let image = record.image.clone();
+    let reference = image.to_string();
+    let want_id = record.metadata.image_id.clone();
+
+    let mut skipped = None;
+    let present = engine.inspect_image(&reference).await?;
+    match (&present, &want_id) {
+        (Some(p), Some(want)) if &p.id == want => {
+            skipped = Some(format!("the engine already has {reference} ({want})"));
+        }
+        _ => {
+            // The same image may be present under another name (a build on this host).
+            if let Some(want) = &want_id
+                && let Some(found) = engine.inspect_image(want).await?
+            {
+                engine.tag_image(&found.id, image.app.as_str(), &image.tag.to_string()).await?;
+                skipped = Some(format!("the engine already has image {want}; tagged it {reference}"));
+            }
+        }
+    }
+    if skipped.is_none() {
+        let download = transfer::verified_download(
+            registry.store().clone(),
+            record.archive_key.clone(),
+            record.metadata.clone(),
+            None,
+            progress.clone(),
+        );
+        let first_error: Arc<Mutex<Option<String>>> = Arc::default();
+        let tapped = Box::pin(ErrorTap { inner: download, first: first_error.clone() });
+        let tar = gzip::decompress(tapped);
+        if let Err(e) = engine.load_image(tar).await {
+            let cause = first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(match cause {
+                Some(cause) => ShipError::Integrity { message: format!("{cause}; nothing was loaded into Docker") },
+                None => e.into(),
+            });
+        }
+        let loaded = engine.inspect_image(&reference).await?;
+        match (loaded, &want_id) {
+            (None, _) => {
+                return Err(ShipError::Integrity {
+                    message: format!(
+                        "docker load finished but {reference} is not in the engine; the archive at {} is not an s3dock image of it — re-push it",
+                        record.archive_key
+                    ),
+                });
+            }
+            (Some(l), Some(want)) if &l.id != want => {
+                return Err(ShipError::Integrity {
+                    message: format!(
+                        "loaded {reference} has image id {}, but its metadata says {want}; the archive does not match its metadata — re-push {reference}",
+                        l.id
+                    ),
+                });
+            }
+            _ => {}
+        }
+    }
+    let removed = match req.keep {
+        Some(keep) => remove_old_images(engine, &image, keep).await?,
+        None => vec![],
+    };
+    let image_id = engine.inspect_image(&reference).await?.map(|i| i.id).or(want_id);
+    Ok(PullReport {
+        image,
+        image_id,
+        skipped,
+        bytes: progress.bytes(),
+        resolved,
+        removed,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Removes local images of `current.app` beyond the `keep` newest s3dock tags, never `current`
+/// and never an image a container (running or not) uses. Returns the references removed.
+pub async fn remove_old_images(
+    engine: &dyn DockerEngine,
+    current: &ImageRef,
+    keep: usize,
+) -> Result<Vec<String>, ShipError> {
+    let images = engine.list_images(current.app.as_str()).await?;
+    let mut tagged: Vec<(ImageTag, String, String)> = Vec::new();
+    for img in &images {
+        for rt in &img.repo_tags {
+            if let Ok(r) = ImageRef::parse(rt)
+                && r.app == current.app
+            {
+                tagged.push((r.tag, rt.clone(), img.id.clone()));
+            }
+        }
+    }
+    tagged.sort_by(|a, b| b.0.cmp(&a.0));
+    let in_use: std::collections::BTreeSet<String> =
+        engine.list_containers(&ContainerFilter::default()).await?.into_iter().map(|c| c.image_id).collect();
+    let current_ref = current.to_string();
+    let mut removed = Vec::new();
+    let mut kept = 0usize;
+    for (_, reference, id) in tagged {
+        if reference == current_ref {
+            continue;
+        }
+        if kept < keep.saturating_sub(1) {
+            kept += 1;
+            continue;
+        }
+        if in_use.contains(&id) {
+            tracing::info!(image = %reference, "kept: a container uses it");
+            continue;
+        }
+        match engine.remove_image(&reference, false).await {
+            Ok(()) => removed.push(reference),
+            Err(e) => tracing::warn!(image = %reference, error = %e, "could not remove an old image"),
+        }
+    }
+    Ok(removed)
+}
