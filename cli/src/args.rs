@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{cleanup, config, current, history, list, promote, rollback, tag};
+use crate::commands::{build, cleanup, config, current, history, list, promote, pull, push, rollback, tag};
 use crate::exit::EXIT_CODES_HELP;
 
 const ABOUT: &str = "Ship Docker images through an S3 bucket, without a registry";
@@ -24,9 +24,12 @@ environment pointers under pointers/ and an audit trail under audit/. The bucket
 a local directory with the same layout (the default, so every command works out of the box).
 
 Typical flow:
+  s3dock build myapp
+  s3dock push myapp:20250721-2118-f7a5a27
   s3dock tag myapp:20250721-2118-f7a5a27 v1.2.0
   s3dock promote myapp v1.2.0 staging
   s3dock current myapp staging
+  s3dock pull myapp staging
   s3dock history myapp staging";
 
 const AFTER_HELP: &str = "\
@@ -83,8 +86,11 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    Build(build::BuildArgs),
+    Push(push::PushArgs),
     Tag(tag::TagArgs),
     Promote(promote::PromoteArgs),
+    Pull(pull::PullArgs),
     Current(current::CurrentArgs),
     List(list::ListArgs),
     Cleanup(cleanup::CleanupArgs),

@@ -136,6 +136,8 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// The file `config init` writes: one live profile and a commented example of an S3 one.
 pub fn template(profile: &str, store: &str, events: Events) -> String {
     let quoted = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    // The example must not redefine the live profile once uncommented.
+    let example = if profile == "prod" { "production" } else { "prod" };
     format!(
         r#"# s3dock configuration (docs/cli.md, or `s3dock config --help`).
 #
@@ -153,8 +155,8 @@ store = {store_q}
 events = {events_q}
 # user = "alice"                          # acting user in audit records; default $USER@host
 
-# An S3 bucket (uncomment, adapt, then use it with --profile prod or S3DOCK_PROFILE=prod):
-# [profiles.prod]
+# An S3 bucket (uncomment, adapt, then use it with --profile {example} or S3DOCK_PROFILE={example}):
+# [profiles.{example}]
 # store = "s3://acme-images/s3dock"       # s3://BUCKET[/PREFIX]
 # region = "eu-west-1"
 # endpoint = "http://127.0.0.1:4566"      # optional: any S3-compatible endpoint
@@ -244,5 +246,8 @@ events = "lambda"
             .join("\n");
         let f2 = parse(&format!("{t}\n{uncommented}")).unwrap();
         assert_eq!(f2.profiles["prod"].region.as_deref(), Some("eu-west-1"));
+        // A live profile named like the example gets an example of another name.
+        let t = template("prod", "s3://acme-images", Events::Inline);
+        assert!(t.contains("# [profiles.production]") && !t.contains("# [profiles.prod]\n"), "{t}");
     }
 }

@@ -38,6 +38,29 @@ impl Context {
         }
     }
 
+    /// A token cancelled on Ctrl-C or SIGTERM. Only commands that must clean up on the way out
+    /// (push: abort its upload) ask for one; the others keep the default, immediate exit.
+    pub fn interrupt_token(&self) -> tokio_util::sync::CancellationToken {
+        let token = tokio_util::sync::CancellationToken::new();
+        let t = token.clone();
+        tokio::spawn(async move {
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term => {}
+            }
+            t.cancel();
+        });
+        token
+    }
+
     /// The store the settings name: a local directory (created on first use) or an S3 bucket.
     /// No request is sent: an unreachable endpoint or refused credentials surface, mapped to
     /// exit code 6, on the first operation.

@@ -20,9 +20,10 @@ Exit codes:
   1  internal error (a bug, or an unexpected local failure)
   2  usage error: bad flags, invalid names, unknown profile, bad config file
   3  not found: no such image, tag, pointer or previous target
-  4  conflict or refused: immutable tag, concurrent change, unsafe store, file exists
+  4  conflict or refused: immutable tag, concurrent change, unsafe store, dirty tree, failed build
   5  integrity: malformed, cyclic or foreign pointer or tag, checksum mismatch
-  6  unavailable: store unreachable, bucket missing, credentials refused or missing";
+  6  unavailable: store or Docker unreachable, bucket missing, credentials refused or missing
+  130  interrupted by Ctrl-C or SIGTERM: nothing was committed";
 
 /// The exit code of a class of failure.
 pub fn code(kind: ErrorKind) -> u8 {
@@ -33,6 +34,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         ErrorKind::Conflict => 4,
         ErrorKind::Integrity => 5,
         ErrorKind::Unavailable => 6,
+        ErrorKind::Interrupted => 130,
     }
 }
 
@@ -45,6 +47,7 @@ pub fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::Conflict => "conflict",
         ErrorKind::Integrity => "integrity",
         ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Interrupted => "interrupted",
     }
 }
 
@@ -74,6 +77,10 @@ impl CliError {
 
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Conflict, message)
+    }
+
+    pub fn interrupted(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Interrupted, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
@@ -130,6 +137,49 @@ impl From<NameError> for CliError {
     }
 }
 
+impl From<s3dock_engine::EngineError> for CliError {
+    fn from(e: s3dock_engine::EngineError) -> Self {
+        use s3dock_engine::EngineError as E;
+        let kind = match &e {
+            E::Unreachable { .. } => ErrorKind::Unavailable,
+            E::ImageNotFound { .. } => ErrorKind::NotFound,
+            E::Build { .. } => ErrorKind::Conflict,
+            E::Load { .. } => ErrorKind::Integrity,
+            E::Daemon { status: 404, .. } => ErrorKind::NotFound,
+            E::Daemon { status: 409, .. } => ErrorKind::Conflict,
+            E::Daemon { status, .. } if *status >= 500 => ErrorKind::Unavailable,
+            E::Io { .. } if e.is_retryable() => ErrorKind::Unavailable,
+            E::Daemon { .. } | E::Protocol { .. } | E::Io { .. } => ErrorKind::Internal,
+        };
+        CliError::new(kind, e.to_string())
+    }
+}
+
+impl From<s3dock_engine::BuildError> for CliError {
+    fn from(e: s3dock_engine::BuildError) -> Self {
+        use s3dock_engine::{BuildError, ContextError, GitError};
+        match e {
+            BuildError::Engine(e) => e.into(),
+            BuildError::Git(GitError::Git { .. }) => CliError::internal(e.to_string()),
+            BuildError::Git(_) => CliError::conflict(e.to_string()),
+            BuildError::Context(ContextError::Io { .. }) => CliError::internal(e.to_string()),
+            BuildError::Context(_) => CliError::usage(e.to_string()),
+        }
+    }
+}
+
+impl From<s3dock_engine::ship::ShipError> for CliError {
+    fn from(e: s3dock_engine::ship::ShipError) -> Self {
+        use s3dock_engine::ship::ShipError;
+        match e {
+            ShipError::Engine(e) => e.into(),
+            ShipError::Registry(e) => e.into(),
+            ShipError::Refused { message } => CliError::conflict(message),
+            ShipError::Integrity { message } => CliError::new(ErrorKind::Integrity, message),
+        }
+    }
+}
+
 /// Unexpected local failures (writing to stdout, building the runtime): internal, with the
 /// whole context chain on one line.
 impl From<anyhow::Error> for CliError {
@@ -151,10 +201,11 @@ mod tests {
             ErrorKind::Conflict,
             ErrorKind::Integrity,
             ErrorKind::Unavailable,
+            ErrorKind::Interrupted,
         ];
         let mut codes: Vec<u8> = kinds.iter().map(|k| code(*k)).collect();
         codes.sort();
-        assert_eq!(codes, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(codes, [1, 2, 3, 4, 5, 6, 130]);
         for k in kinds {
             assert!(EXIT_CODES_HELP.contains(&format!("  {}  ", code(k))), "{k:?}");
         }

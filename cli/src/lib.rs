@@ -8,6 +8,7 @@
 //! - [`commands`]: one module per command, each returning an [`output::Output`].
 //! - [`output`]: human tables or `--json`, warnings and hints on stderr.
 //! - [`exit`]: the error type and the documented exit codes.
+//! - [`progress`]: transfer progress bars on a terminal's stderr.
 
 pub mod args;
 pub mod commands;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod context;
 pub mod exit;
 pub mod output;
+pub mod progress;
 pub mod settings;
 
 use args::Cli;
@@ -30,11 +32,13 @@ pub async fn run(cli: &Cli, env: Environment) -> Result<Output, CliError> {
 }
 
 /// The tracing filter for `-v`/`-q`: s3dock's own crates at the chosen level, dependencies one
-/// step quieter (the AWS SDK is chatty), unless `RUST_LOG` says otherwise.
+/// step quieter, unless `RUST_LOG` says otherwise. By default dependencies only log errors: the
+/// AWS SDK warns about every credential or region source it tries (instance metadata on a
+/// laptop, a missing profile file), which the one-line error already sums up.
 pub fn log_filter(verbose: u8, quiet: bool) -> String {
     let (ours, theirs) = match (quiet, verbose) {
         (true, _) => ("error", "error"),
-        (false, 0) => ("warn", "warn"),
+        (false, 0) => ("warn", "error"),
         (false, 1) => ("info", "warn"),
         (false, 2) => ("debug", "info"),
         (false, _) => ("trace", "debug"),

@@ -40,6 +40,8 @@ pub enum ErrorKind {
     /// The store (or another service) cannot be reached or refused us.
     Unavailable,
     Internal,
+    /// The user stopped it (Ctrl-C, SIGTERM) before anything was committed.
+    Interrupted,
 }
 
 impl Error {

@@ -503,8 +503,17 @@ impl Handlers {
                 )
                 .await;
         }
-        let audit_key =
-            layout::audit(app, doc.promoted_at, EventType::Tag.as_str(), image.tag.hash7(), &[&version.canonical()]);
+        // The version alone is not the tag's identity: a forced move away and back within a
+        // minute writes two documents. The digest of this document's bytes is (and is the same
+        // for every redelivery of the same write).
+        let doc_id = hex::encode(&<md5::Md5 as sha2::Digest>::digest(&bytes)[..4]);
+        let audit_key = layout::audit(
+            app,
+            doc.promoted_at,
+            EventType::Tag.as_str(),
+            image.tag.hash7(),
+            &[&version.canonical(), &doc_id],
+        );
         let mut rec =
             self.record(EventType::Tag, app, doc.promoted_at, &doc.promoted_by, (&doc.git_hash, &doc.git_time));
         rec.principal = ev.principal.clone();

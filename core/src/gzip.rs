@@ -52,11 +52,11 @@ pub struct GzipOptions {
 pub const MAX_DEFAULT_THREADS: usize = 8;
 
 impl Default for GzipOptions {
-    /// Level 1, one thread per core (up to [`MAX_DEFAULT_THREADS`]), 1 MiB blocks. See
-    /// `docs/compression.md` for the figures behind these.
+    /// Level 3, one thread per core (up to [`MAX_DEFAULT_THREADS`]), 1 MiB blocks: the knee
+    /// of the speed/size curve measured in `docs/compression.md`.
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        GzipOptions { level: 1, threads: cores.min(MAX_DEFAULT_THREADS), block_size: 1 << 20 }
+        GzipOptions { level: 3, threads: cores.min(MAX_DEFAULT_THREADS), block_size: 1 << 20 }
     }
 }
 

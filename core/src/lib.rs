@@ -12,14 +12,11 @@
 //! - [`events`]: the event handlers the Lambdas run and the CLI runs inline.
 //! - [`sqs`]: the promotion fan-out's SQS notifier, queue URL rules and queue operations.
 //! - [`error`]: the operations' error, with the kinds the CLI maps to exit codes.
-//! - [`registry`]: the operations (tag, promote, rollback, resolve, list, cleanup, history).
-//! - [`push`]: the bucket side of a push (plan, stream in, archive what it replaces, commit).
-//! - [`events`]: the event handlers the Lambdas run and the CLI runs inline.
-//! - [`error`]: the operations' error, with the kinds the CLI maps to exit codes.
 //! - [`transfer`]: verified, resumable downloads; byte counters for progress.
 //! - [`clock`]: injected time.
 //! - [`digest`]: MD5, SHA-256 and size of a stream, hashed as it is read, and their check.
 //! - [`gzip`]: parallel streaming gzip for pushes, multi-member streaming gunzip for pulls.
+//! - [`testing`]: fixtures for the workspace's tests (seeded images, test buckets).
 pub mod clock;
 pub mod digest;
 pub mod docs;

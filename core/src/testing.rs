@@ -87,3 +87,65 @@ impl Notifier for RecordingNotifier {
         Ok(())
     }
 }
+
+/// The S3 endpoint the test suites use (`S3DOCK_TEST_S3_ENDPOINT`: a LocalStack URL, or `aws`
+/// for real AWS with `S3DOCK_TEST_BUCKET`). Unset: panics when `CI` is set (the suite must run
+/// against the real emulator there), otherwise prints why the S3 part is skipped.
+pub fn s3_test_endpoint() -> Option<String> {
+    match std::env::var("S3DOCK_TEST_S3_ENDPOINT") {
+        Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!("LocalStack is required in CI: run tests/run.sh");
+            }
+            eprintln!(
+                "skipping S3 checks: S3DOCK_TEST_S3_ENDPOINT is not set; run `tests/services.sh localstack-start && eval \"$(tests/services.sh env)\"` first"
+            );
+            None
+        }
+    }
+}
+
+/// A store on a fresh bucket of the test endpoint (an emulator), or on a fresh prefix of
+/// `S3DOCK_TEST_BUCKET` (real AWS). `None` when S3 tests are skipped.
+pub async fn s3_test_store(name: &str) -> Option<crate::store::S3Store> {
+    let endpoint = s3_test_endpoint()?;
+    let unique: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(24)
+        .collect::<String>()
+        .trim_matches('-')
+        .to_owned();
+    let unique = format!("{unique}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (bucket, prefix, custom) = if endpoint.eq_ignore_ascii_case("aws") {
+        let bucket = std::env::var("S3DOCK_TEST_BUCKET").expect("S3DOCK_TEST_S3_ENDPOINT=aws needs S3DOCK_TEST_BUCKET");
+        (bucket, format!("s3dock-test/{unique}/"), None)
+    } else {
+        (format!("s3dock-test-{unique}"), String::new(), Some(endpoint))
+    };
+    if let Some(url) = &custom {
+        create_test_bucket(url, &bucket).await;
+    }
+    let mut cfg =
+        crate::store::S3Config::new(&bucket).expect("valid bucket").with_prefix(&prefix).expect("valid prefix");
+    if let Some(url) = custom {
+        cfg.endpoint = Some(url);
+        cfg.path_style = true;
+    }
+    cfg.part_size = crate::store::s3::MIN_PART_SIZE;
+    Some(crate::store::S3Store::connect(cfg).await.expect("connect to the test store"))
+}
+
+/// Creates `bucket` on an S3 emulator at `endpoint` (path style, region us-east-1).
+pub async fn create_test_bucket(endpoint: &str, bucket: &str) {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let mut b = aws_sdk_s3::config::Builder::from(&sdk).endpoint_url(endpoint).force_path_style(true);
+    if sdk.region().is_none() {
+        b = b.region(aws_sdk_s3::config::Region::new("us-east-1"));
+    }
+    let client = aws_sdk_s3::Client::from_conf(b.build());
+    if let Err(e) = client.create_bucket().bucket(bucket).send().await {
+        panic!("cannot create the test bucket {bucket} at {endpoint}: {:?}", e.into_service_error());
+    }
+}

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::Stream;
+use futures::{Future, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
@@ -28,16 +28,26 @@ use crate::store::{BoxReader, ETag, GetOptions, ObjectStore, StoreError};
 /// How many times an interrupted download resumes before giving up.
 pub const MAX_RESUMES: u32 = 5;
 
-/// Progress of a transfer, shared with a progress bar.
+/// Progress of a transfer, shared with a progress bar: bytes so far and the expected total
+/// (0 while unknown; for an export it is an estimate).
 #[derive(Debug, Clone, Default)]
-pub struct Progress(Arc<std::sync::atomic::AtomicU64>);
+pub struct Progress {
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+    total: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl Progress {
     pub fn bytes(&self) -> u64 {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub fn set_total(&self, n: u64) {
+        self.total.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -178,6 +188,27 @@ impl AsyncRead for Counting {
             self.progress.add((buf.filled().len() - before) as u64);
         }
         r
+    }
+}
+
+/// Fails the stream with `Interrupted` once `token` is cancelled. Cancelling through the data
+/// path (rather than dropping the consumer's future) lets the consumer clean up: the S3 store
+/// aborts its multipart upload on a body error, so an interrupted push leaves nothing behind.
+pub fn cancellable(inner: BoxReader, token: tokio_util::sync::CancellationToken) -> BoxReader {
+    Box::pin(Cancellable { inner, cancelled: Box::pin(token.cancelled_owned()) })
+}
+
+struct Cancellable {
+    inner: BoxReader,
+    cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl AsyncRead for Cancellable {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io_err(std::io::ErrorKind::Interrupted, "interrupted".into())));
+        }
+        self.inner.as_mut().poll_read(cx, buf)
     }
 }
 

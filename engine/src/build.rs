@@ -21,6 +21,9 @@ pub const LABEL_CREATED: &str = "org.opencontainers.image.created";
 pub const LABEL_SOURCE: &str = "org.opencontainers.image.source";
 pub const LABEL_APP: &str = "io.s3dock.app";
 pub const LABEL_TAG: &str = "io.s3dock.tag";
+/// A digest of what shapes a build beyond the commit: the Dockerfile's bytes (it may live
+/// outside the repository), the platform and the build arguments.
+pub const LABEL_INPUTS: &str = "io.s3dock.build-inputs";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildRequest {
@@ -33,6 +36,8 @@ pub struct BuildRequest {
     /// `os/arch[/variant]`; `None` builds for the engine's platform.
     pub platform: Option<String>,
     pub build_args: Vec<(String, String)>,
+    /// Build even when the engine already has this commit's image built from the same inputs.
+    pub rebuild: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +49,8 @@ pub struct BuildResult {
     pub git: GitFacts,
     /// The builder's output lines.
     pub log: Vec<String>,
+    /// The engine already had this commit's image built from the same inputs: not rebuilt.
+    pub reused: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,18 +128,53 @@ pub async fn build(engine: &dyn DockerEngine, req: &BuildRequest) -> Result<Buil
     };
     let image_ref = ImageRef::new(req.app.clone(), git.tag.clone());
     let dockerfile = req.dockerfile.clone().unwrap_or_else(|| req.context_dir.join("Dockerfile"));
+    let inputs = build_inputs(&dockerfile, req)?;
+    // The classic builder stamps each image with its build time, so building the same commit
+    // twice gives two image ids, and the second push would archive and replace the first. The
+    // tree is clean, so the same commit and the same inputs mean the same sources: reuse the
+    // image the engine already has (untracked files are the exception; --rebuild covers them).
+    if !req.rebuild
+        && let Some(existing) = engine.inspect_image(&image_ref.to_string()).await?
+        && existing.labels.get(LABEL_REVISION) == Some(&git.commit)
+        && existing.labels.get(LABEL_INPUTS) == Some(&inputs)
+    {
+        tracing::info!(image = %image_ref, id = %existing.id, "already built from this commit and these inputs");
+        return Ok(BuildResult { image_ref, image_id: existing.id, git, log: vec![], reused: true });
+    }
     let (tar, dockerfile_name) = context_tar(&req.context_dir, &dockerfile)?;
+    let mut labels = build_labels(&image_ref, &git);
+    labels.insert(LABEL_INPUTS.to_owned(), inputs);
     let options = BuildOptions {
         tags: vec![image_ref.to_string()],
         dockerfile: dockerfile_name,
         platform: req.platform.clone(),
         build_args: req.build_args.clone(),
-        labels: build_labels(&image_ref, &git),
+        labels,
         no_cache: false,
     };
     tracing::info!(image = %image_ref, commit = %git.commit, "building");
     let outcome = engine.build_image(tar, &options).await?;
-    Ok(BuildResult { image_ref, image_id: outcome.image_id, git, log: outcome.log })
+    Ok(BuildResult { image_ref, image_id: outcome.image_id, git, log: outcome.log, reused: false })
+}
+
+/// The digest behind [`LABEL_INPUTS`].
+fn build_inputs(dockerfile: &std::path::Path, req: &BuildRequest) -> Result<String, BuildError> {
+    use sha2::{Digest, Sha256};
+    let bytes =
+        std::fs::read(dockerfile).map_err(|_| ContextError::DockerfileNotFound { path: dockerfile.to_path_buf() })?;
+    let mut h = Sha256::new();
+    h.update(Sha256::digest(&bytes));
+    h.update(req.platform.as_deref().unwrap_or("").as_bytes());
+    h.update([0]);
+    let mut args = req.build_args.clone();
+    args.sort();
+    for (k, v) in args {
+        h.update(k.as_bytes());
+        h.update([b'=']);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    Ok(hex::encode(&h.finalize()[..12]))
 }
 
 #[cfg(test)]

@@ -509,6 +509,12 @@ pub trait DockerEngine: Send + Sync + std::fmt::Debug {
 
     /// `None` if there is no such container.
     async fn inspect_container(&self, id_or_name: &str) -> Result<Option<ContainerInfo>, EngineError>;
+
+    /// The last `tail` lines the container wrote to stdout and stderr (interleaved as the
+    /// engine stored them), oldest first, without line endings. An absent container has none.
+    /// What a container prints may include secrets it was given: callers redact before
+    /// showing these lines anywhere.
+    async fn container_logs(&self, id_or_name: &str, tail: usize) -> Result<Vec<String>, EngineError>;
 }
 
 /// [`DockerEngine`] over the engine's HTTP API (unix socket or TCP), through bollard.
@@ -1164,6 +1170,27 @@ impl DockerEngine for BollardEngine {
             Err(e) if status_of(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.error(e)),
         }
+    }
+
+    async fn container_logs(&self, id_or_name: &str, tail: usize) -> Result<Vec<String>, EngineError> {
+        if tail == 0 {
+            return Ok(Vec::new());
+        }
+        // `follow: false`: the engine sends what it has and ends the stream, so this is bounded
+        // by the tail, not by how long the container runs.
+        let options = query::LogsOptions { stdout: true, stderr: true, tail: tail.to_string(), ..Default::default() };
+        let mut stream = Box::pin(self.control.logs(id_or_name, Some(options)));
+        let mut text = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => text.extend_from_slice(chunk.as_ref()),
+                Err(e) if status_of(&e) == Some(404) => return Ok(Vec::new()),
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        let lines: Vec<String> = String::from_utf8_lossy(&text).lines().map(|l| l.trim_end().to_owned()).collect();
+        let skip = lines.len().saturating_sub(tail);
+        Ok(lines.into_iter().skip(skip).collect())
     }
 }
 

@@ -10,10 +10,13 @@
 //!   semantics.
 //! - [`ship`]: push (save -> gzip -> bucket) and pull (bucket -> verify -> gunzip -> load).
 //! - [`build`](mod@build): the build flow `s3dock build` runs, and the provenance labels it writes.
+//! - [`deploy`]: blue-green deploys on one host (service spec, traffic drivers, health checks,
+//!   crash-safe state), shared by `s3dock deploy --blue-green` and the host agent.
 
 pub mod archive;
 pub mod build;
 pub mod context;
+pub mod deploy;
 pub mod docker;
 pub mod git;
 pub mod ship;
@@ -21,6 +24,10 @@ pub mod ship;
 pub use archive::{ArchiveFormat, archive_format_of, sniff_archive_format};
 pub use build::{BuildError, BuildRequest, BuildResult, GitLabels, build, labels_to_git};
 pub use context::{ContextError, context_tar};
+pub use deploy::{
+    Color, ColorPorts, DeployError, DeployReport, DeployRequest, DeployResult, DeploySpec, Deployer, TrafficConfig,
+    TrafficSwitch, Upstream, traffic_switch,
+};
 pub use docker::{
     BollardEngine, BuildOptions, BuildOutcome, ContainerFilter, ContainerInfo, ContainerSpec, ContainerSummary,
     DockerEngine, EngineError, EngineVersion, HealthStatus, ImageInfo, ImageSummary, LoadOutcome, PortPublish,

@@ -21,6 +21,7 @@ use s3dock_core::registry::{Registry, Resolved};
 use s3dock_core::store::BoxReader;
 use s3dock_core::transfer::{self, Progress};
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 use crate::archive::ArchiveFormat;
 use crate::build::{LABEL_APP, labels_to_git};
@@ -78,20 +79,15 @@ pub struct PushReport {
     pub seconds: f64,
 }
 
-/// Progress counters a caller can render: tar bytes exported and compressed bytes uploaded.
-#[derive(Debug, Clone, Default)]
-pub struct PushProgress {
-    pub exported: Progress,
-    /// The estimated total of `exported` (the image size), set once known.
-    pub expected: Arc<std::sync::atomic::AtomicU64>,
-}
-
-/// Pushes `req.image` from the engine to the bucket.
+/// Pushes `req.image` from the engine to the bucket. `progress` counts the tar bytes exported
+/// (its total is set to the image's size, an estimate). Cancelling `cancel` fails the export
+/// stream, so the store aborts the upload and nothing is committed.
 pub async fn push(
     engine: &dyn DockerEngine,
     registry: &Registry,
     req: &PushRequest,
-    progress: &PushProgress,
+    progress: &Progress,
+    cancel: &CancellationToken,
 ) -> Result<PushReport, ShipError> {
     let started = Instant::now();
     let image = &req.image;
@@ -136,7 +132,7 @@ pub async fn push(
             ),
         });
     }
-    progress.expected.store(info.size, std::sync::atomic::Ordering::Relaxed);
+    progress.set_total(info.size);
     let existing = match registry.plan_push(image, &info.id).await? {
         PushPlan::Skip { record, reason } => {
             return Ok(PushReport {
@@ -160,7 +156,7 @@ pub async fn push(
     };
     let format = save_format(engine).await?;
     let saved = engine.save_image(&reference).await?;
-    let counted = transfer::counting(saved, progress.exported.clone());
+    let counted = transfer::counting(transfer::cancellable(saved, cancel.clone()), progress.clone());
     let compressed = gzip::compress(counted, req.gzip);
     let facts = PushFacts {
         image_id: info.id.clone(),
@@ -176,7 +172,7 @@ pub async fn push(
         image: image.clone(),
         image_id: info.id,
         image_size: info.size,
-        tar_bytes: progress.exported.bytes(),
+        tar_bytes: progress.bytes(),
         outcome,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -222,7 +218,7 @@ pub struct PullReport {
 /// Records the first error a stream returns, so a failed `docker load` can say why.
 struct ErrorTap {
     inner: BoxReader,
-    first: Arc<Mutex<Option<String>>>,
+    first: Arc<Mutex<Option<(std::io::ErrorKind, String)>>>,
 }
 
 impl AsyncRead for ErrorTap {
@@ -235,14 +231,15 @@ impl AsyncRead for ErrorTap {
         if let std::task::Poll::Ready(Err(e)) = &r {
             let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
             if first.is_none() {
-                *first = Some(e.to_string());
+                *first = Some((e.kind(), e.to_string()));
             }
         }
         r
     }
 }
 
-/// Resolves what to pull and brings it into the engine (see the module doc).
+/// Resolves what to pull and brings it into the engine (see the module doc). `progress`
+/// counts the compressed bytes downloaded; its total is set once the image is resolved.
 pub async fn pull(
     engine: &dyn DockerEngine,
     registry: &Registry,
@@ -255,6 +252,7 @@ pub async fn pull(
         PullTarget::Version(v) => registry.resolve_version(&req.app, v).await?,
     };
     let record = resolved.record.clone();
+    progress.set_total(record.metadata.size);
     let image = record.image.clone();
     let reference = image.to_string();
     let want_id = record.metadata.image_id.clone();
@@ -283,14 +281,21 @@ pub async fn pull(
             None,
             progress.clone(),
         );
-        let first_error: Arc<Mutex<Option<String>>> = Arc::default();
-        let tapped = Box::pin(ErrorTap { inner: download, first: first_error.clone() });
-        let tar = gzip::decompress(tapped);
+        // Tap after gunzip: it sees the download's verdict (a digest mismatch, the object
+        // deleted or replaced mid-way) and gunzip's own (a bad CRC, a truncated member).
+        let first_error: Arc<Mutex<Option<(std::io::ErrorKind, String)>>> = Arc::default();
+        let tar = Box::pin(ErrorTap { inner: gzip::decompress(download), first: first_error.clone() });
         if let Err(e) = engine.load_image(tar).await {
             let cause = first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
             return Err(match cause {
-                Some(cause) => ShipError::Integrity { message: format!("{cause}; nothing was loaded into Docker") },
-                None => e.into(),
+                Some((std::io::ErrorKind::InvalidData, cause)) => {
+                    ShipError::Integrity { message: format!("{cause}; nothing was loaded into Docker") }
+                }
+                Some((std::io::ErrorKind::NotFound, cause)) => ShipError::Registry(s3dock_core::Error::NotFound {
+                    what: cause,
+                    hint: "nothing was loaded into Docker".into(),
+                }),
+                _ => e.into(),
             });
         }
         let loaded = engine.inspect_image(&reference).await?;

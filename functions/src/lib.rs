@@ -285,11 +285,7 @@ impl Function {
                         }
                         Ok(Notification::TestEvent { bucket }) => vec![test_event(bucket)],
                         Err(why) => {
-                            vec![unusable(
-                                None,
-                                String::new(),
-                                format!("the message body is not an S3 notification: {why}"),
-                            )]
+                            vec![unusable(format!("the message body is not an S3 notification: {why}"))]
                         }
                     };
                     let retry = results.iter().any(|r| r.result.needs_retry());
@@ -319,7 +315,7 @@ impl Function {
                     let r = match item {
                         DirectItem::S3(rec) => self.handle_record(&rec, inv).await,
                         DirectItem::TestEvent { bucket } => test_event(bucket),
-                        DirectItem::Unusable(why) => unusable(None, String::new(), why),
+                        DirectItem::Unusable(why) => unusable(why),
                     };
                     log_record(self.kind, &r);
                     report.records.push(r);
@@ -429,8 +425,9 @@ fn test_event(bucket: Option<String>) -> RecordReport {
     }
 }
 
-fn unusable(bucket: Option<String>, key: String, why: String) -> RecordReport {
-    RecordReport { message_id: None, bucket, key, result: RecordResult::Unusable(why) }
+/// A record (or body) that could not be read: no bucket or key to name.
+fn unusable(why: String) -> RecordReport {
+    RecordReport { message_id: None, bucket: None, key: String::new(), result: RecordResult::Unusable(why) }
 }
 
 fn log_record(kind: Kind, r: &RecordReport) {

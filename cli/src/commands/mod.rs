@@ -2,12 +2,15 @@
 //! settings, calls the registry and builds an [`Output`]. Adding a command is a module here,
 //! a variant in [`crate::args::Command`] and its line in [`run`].
 
+pub mod build;
 pub mod cleanup;
 pub mod config;
 pub mod current;
 pub mod history;
 pub mod list;
 pub mod promote;
+pub mod pull;
+pub mod push;
 pub mod rollback;
 pub mod tag;
 
@@ -22,6 +25,9 @@ use crate::output::Output;
 /// Runs one command.
 pub async fn run(command: &Command, ctx: &Context) -> Result<Output, CliError> {
     match command {
+        Command::Build(args) => build::run(ctx, args).await,
+        Command::Push(args) => push::run(ctx, args).await,
+        Command::Pull(args) => pull::run(ctx, args).await,
         Command::Tag(args) => tag::run(ctx, args).await,
         Command::Promote(args) => promote::run(ctx, args).await,
         Command::Current(args) => current::run(ctx, args).await,

@@ -139,6 +139,16 @@ fn refused_credentials_exit_6_and_say_so() {
 }
 
 #[test]
+fn missing_credentials_exit_6_and_say_what_to_set() {
+    // No AWS_* credentials, an empty HOME (no ~/.aws), instance metadata disabled.
+    let sb = s3_sandbox("http://127.0.0.1:1");
+    let sb = Sandbox { env: vec![("AWS_REGION".into(), "us-east-1".into())], ..sb };
+    let r = sb.run(&["--store", "s3://some-bucket", "list", "apps"]).code(6);
+    assert!(r.stderr.contains("no AWS credentials found") && r.stderr.contains("AWS_ACCESS_KEY_ID"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "one line, no SDK log noise: {}", r.stderr);
+}
+
+#[test]
 fn a_missing_bucket_exits_6() {
     let fake = FakeS3::start("404 Not Found", "NoSuchBucket", "The specified bucket does not exist");
     let sb = s3_sandbox(&fake.endpoint());
@@ -152,6 +162,7 @@ fn an_unreachable_endpoint_exits_6_in_bounded_time() {
     let sb = s3_sandbox("http://127.0.0.1:1");
     let r = sb.run(&["--store", "s3://unreachable-bucket", "current", "myapp", "production"]).code(6);
     assert!(r.stderr.contains("cannot reach http://127.0.0.1:1"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "one line, no SDK log noise: {}", r.stderr);
     assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
     let j = sb.run(&["--store", "s3://unreachable-bucket", "tag", A1, "v1.0.0", "--json"]).code(6).json();
     assert!(j["error"]["message"].as_str().unwrap().contains("http://127.0.0.1:1"), "{j}");

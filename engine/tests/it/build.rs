@@ -17,6 +17,7 @@ fn request(app: &str, context_dir: PathBuf) -> BuildRequest {
         dockerfile: None,
         platform: None,
         build_args: Vec::new(),
+        rebuild: false,
     }
 }
 
@@ -53,10 +54,20 @@ async fn a_clean_checkout_builds_with_the_commit_tag_and_labels() {
     let back = labels_to_git(&info.labels).unwrap();
     assert_eq!((back.commit.as_str(), back.committed_at), (commit.as_str(), first.git.committed_at));
 
-    // The same commit builds to the same tag, and from the builder's cache to the same image.
+    // The same commit builds to the same tag; with the same inputs the engine's image is reused.
+    assert!(!first.reused);
     let second = build(&engine, &request(&app, fx.path().to_path_buf())).await.unwrap();
     assert_eq!(second.image_ref, first.image_ref);
     assert_eq!(second.image_id, first.image_id);
+    assert!(second.reused);
+    // --rebuild builds (from the builder's cache: the same image), other build args build anew.
+    let forced =
+        build(&engine, &BuildRequest { rebuild: true, ..request(&app, fx.path().to_path_buf()) }).await.unwrap();
+    assert!(!forced.reused);
+    assert_eq!(forced.image_id, first.image_id);
+    let with_arg =
+        BuildRequest { build_args: vec![("X".into(), "1".into())], ..request(&app, fx.path().to_path_buf()) };
+    assert!(!build(&engine, &with_arg).await.unwrap().reused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,4 +10,5 @@ mod support;
 mod build;
 mod containers;
 mod images;
+mod ship;
 mod version;

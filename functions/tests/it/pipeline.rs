@@ -7,6 +7,7 @@
 //! would build) to all three functions, and deletes what every function acknowledged.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,91 @@ fn lambda_sqs_event(messages: &[ReceivedMessage], queue_arn: &str) -> Value {
         })
         .collect();
     json!({ "Records": records })
+}
+
+/// The `s3dock` binary, if built: `S3DOCK_BIN`, else beside this test's own binary
+/// (`cargo test --workspace` builds it there).
+fn s3dock_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("S3DOCK_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join(format!("s3dock{}", std::env::consts::EXE_SUFFIX));
+    bin.is_file().then_some(bin)
+}
+
+/// Who makes the tag and promote writes: the `s3dock` binary with a profile saying
+/// `events = "lambda"`, or (when the binary is not built) the core registry in the same mode.
+enum Writer {
+    Cli { bin: PathBuf, config: PathBuf, _dir: tempfile::TempDir },
+    Registry(Registry),
+}
+
+impl Writer {
+    fn new(bucket: &str, endpoint: &str, store: Arc<dyn ObjectStore>, clock: Arc<dyn Clock>) -> Writer {
+        let Some(bin) = s3dock_binary() else {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "the pipeline drives tag and promote through the s3dock binary in CI: build it (cargo test --workspace)"
+                );
+            }
+            eprintln!(
+                "pipeline: the s3dock binary is not built (cargo build -p s3dock); tag and promote go through the core registry instead"
+            );
+            return Writer::Registry(Registry::new(store, clock, "pipeline-user", EventMode::Lambda));
+        };
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = dir.path().join("config.toml");
+        let text = format!(
+            "default_profile = \"lambda\"\n[profiles.lambda]\nstore = \"s3://{bucket}\"\nregion = \"{}\"\nendpoint = \"{endpoint}\"\npath_style = true\nevents = \"lambda\"\nuser = \"pipeline-user\"\n",
+            region()
+        );
+        std::fs::write(&config, text).expect("write the CLI config");
+        Writer::Cli { bin, config, _dir: dir }
+    }
+
+    async fn run(&self, args: &[&str]) {
+        let Writer::Cli { bin, config, .. } = self else { unreachable!("only the CLI runs commands") };
+        let out = tokio::process::Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env_remove("S3DOCK_STORE")
+            .env_remove("S3DOCK_PROFILE")
+            .output()
+            .await
+            .expect("run s3dock");
+        assert!(
+            out.status.success(),
+            "s3dock {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    async fn tag(&self, image: &str, version: &str) {
+        match self {
+            Writer::Cli { .. } => self.run(&["tag", image, version]).await,
+            Writer::Registry(r) => drop(r.tag(&img(image), &ver(version), false).await.unwrap()),
+        }
+    }
+
+    async fn promote_version(&self, app_name: &str, version: &str, environment: &str) {
+        match self {
+            Writer::Cli { .. } => self.run(&["promote", app_name, version, environment]).await,
+            Writer::Registry(r) => {
+                drop(r.promote(&PromoteSource::Version(app(app_name), ver(version)), &env(environment)).await.unwrap())
+            }
+        }
+    }
+
+    async fn promote_image(&self, image: &str, environment: &str) {
+        match self {
+            Writer::Cli { .. } => self.run(&["promote", image, environment]).await,
+            Writer::Registry(r) => drop(r.promote(&PromoteSource::Image(img(image)), &env(environment)).await.unwrap()),
+        }
+    }
 }
 
 struct Pipeline {
@@ -272,7 +358,8 @@ async fn s3_notifications_through_sqs_to_the_functions() {
     }
 
     // The writes, as `s3dock push` / `tag` / `promote` make them with `events = "lambda"`.
-    let registry = Registry::new(store.clone(), clock.clone(), "pipeline-user", EventMode::Lambda);
+    // Images are seeded as a push writes them (archive, then metadata).
+    let writer = Writer::new(&bucket, &endpoint, store.clone(), clock.clone());
     seed_image(&*store, &img(A1), b"the archive of A1", clock.now()).await.unwrap();
     // A corrupted upload: metadata whose checksum does not match the archive beside it.
     let bad = img("myapp:20250720-1045-def5678");
@@ -284,8 +371,8 @@ async fn s3_notifications_through_sqs_to_the_functions() {
         .await
         .unwrap();
     store.put_bytes(&bad_meta, Bytes::from(docs::encode(&meta)), Precondition::None).await.unwrap();
-    registry.tag(&img(A1), &ver("1.0.0+build.1"), false).await.unwrap();
-    registry.promote(&PromoteSource::Version(app("myapp"), ver("1.0.0+build.1")), &env("production")).await.unwrap();
+    writer.tag(A1, "1.0.0+build.1").await;
+    writer.promote_version("myapp", "1.0.0+build.1", "production").await;
     assert!(list_all(&*store, "audit/").await.unwrap().is_empty(), "events = lambda: the writer audits nothing");
 
     let mut fn_settings = Settings::new("s3dock-pipeline");
@@ -327,6 +414,7 @@ async fn s3_notifications_through_sqs_to_the_functions() {
     assert!(archived.iter().all(|k| k.contains("myapp-20250720-1045-def5678-archived-on-")), "{archived:?}");
     let tag = &audit_of(&*store, "tag").await[0];
     assert_eq!(tag.details["version"], "v1.0.0+build.1");
+    assert_eq!(tag.user, "pipeline-user", "the writer's user, from the tag document");
     let promotion = &audit_of(&*store, "promotion").await[0];
     assert_eq!(promotion.details["notified"], json!(["host-a", "host-b"]));
     for q in &agent_queues {
@@ -338,8 +426,8 @@ async fn s3_notifications_through_sqs_to_the_functions() {
     // Two quick promotions whose events are handled newest first: the late, older one is
     // audited but announces nothing.
     seed_image(&*store, &img(A2), b"the archive of A2", clock.now()).await.unwrap();
-    registry.promote(&PromoteSource::Image(img(A2)), &env("production")).await.unwrap();
-    registry.promote(&PromoteSource::Image(img(A1)), &env("production")).await.unwrap();
+    writer.promote_image(A2, "production").await;
+    writer.promote_image(A1, "production").await;
     let pointer = ObjectKey::parse("pointers/myapp/production.json").unwrap();
     let current_version =
         s3.head_object().bucket(&bucket).key(pointer.as_str()).send().await.unwrap().version_id().map(str::to_owned);

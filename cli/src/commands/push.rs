@@ -1,0 +1,141 @@
+//! `s3dock push APP:TAG`
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+use s3dock_core::gzip::GzipOptions;
+use s3dock_core::names::ImageRef;
+use s3dock_core::transfer::Progress;
+use s3dock_engine::BollardEngine;
+use s3dock_engine::ship::{self, GitOverride, PushRequest};
+use serde_json::json;
+
+use super::{event_json, event_warning};
+use crate::context::Context;
+use crate::exit::CliError;
+use crate::output::{Output, human_bytes};
+use crate::progress::Bar;
+
+const LONG_ABOUT: &str = "\
+Upload an image from the local Docker engine to the bucket.
+
+One streaming pass: docker save -> gzip (parallel, on every core) -> MD5 + SHA-256 -> multipart
+upload with concurrent parts. Memory stays bounded whatever the image size; nothing is written
+to disk. The metadata is written last, so an interrupted push (Ctrl-C, a crash, a lost network)
+leaves no metadata and no visible archive.
+
+Skips without exporting when the bucket already holds this tag with the same Docker image id,
+and skips the replace when the archive turns out byte-identical (same MD5). The same tag with
+different content is archived under archive/ before it is replaced.
+
+The git facts (commit, time, source) come from the image's labels, written by `s3dock build`.
+For an image built otherwise, give them with --git-commit and --git-time; the tag must then be
+the one those facts imply.
+
+Examples:
+  s3dock push myapp:20250721-2118-f7a5a27
+  s3dock push myapp:20250721-2118-f7a5a27 --git-commit f7a5a27e... --git-time 2025-07-21T21:18:00Z";
+
+/// Upload an image to the bucket (streamed, deduplicated, verified)
+#[derive(Debug, Clone, Args)]
+#[command(long_about = LONG_ABOUT)]
+pub struct PushArgs {
+    /// APP:TAG, e.g. myapp:20250721-2118-f7a5a27
+    pub image: ImageRef,
+    /// The full commit id, for images not built by `s3dock build`
+    #[arg(long, value_name = "SHA", requires = "git_time")]
+    pub git_commit: Option<String>,
+    /// The commit's time (RFC 3339), for images not built by `s3dock build`
+    #[arg(long, value_name = "RFC3339", requires = "git_commit", value_parser = parse_time)]
+    pub git_time: Option<DateTime<Utc>>,
+    /// The source repository URL, for images not built by `s3dock build`
+    #[arg(long, value_name = "URL", requires = "git_commit")]
+    pub git_source: Option<String>,
+    /// gzip level, 1 (fastest) to 9 (smallest)
+    #[arg(long, value_name = "N", default_value_t = GzipOptions::default().level, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub level: u32,
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2025-07-21T21:18:00Z ({e})"))
+}
+
+fn parse_commit(s: &str) -> Result<String, CliError> {
+    let ok = (s.len() == 40 || s.len() == 64) && s.chars().all(|c| c.is_ascii_hexdigit());
+    if ok {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(CliError::usage(format!("--git-commit {s:?} is not a full commit id (40 hex digits)")))
+    }
+}
+
+pub async fn run(ctx: &Context, args: &PushArgs) -> Result<Output, CliError> {
+    let git = match (&args.git_commit, &args.git_time) {
+        (Some(c), Some(t)) => {
+            Some(GitOverride { commit: parse_commit(c)?, committed_at: *t, source: args.git_source.clone() })
+        }
+        _ => None,
+    };
+    let settings = ctx.settings()?;
+    let registry = ctx.open_registry(&settings).await?;
+    let engine = BollardEngine::connect().await?;
+    let req = PushRequest {
+        image: args.image.clone(),
+        git,
+        gzip: GzipOptions { level: args.level, ..GzipOptions::default() },
+    };
+    let progress = Progress::default();
+    let bar = Bar::start(ctx, "push", progress.clone());
+    // Ctrl-C and SIGTERM cancel through the data path: the upload sees a failed body and
+    // aborts its multipart upload, so nothing partial stays in the bucket.
+    let token = ctx.interrupt_token();
+    let report = ship::push(&engine, &registry, &req, &progress, &token).await;
+    bar.finish();
+    if token.is_cancelled() {
+        return Err(CliError::interrupted(format!(
+            "push of {} interrupted; nothing was committed (no metadata was written, the upload was aborted)",
+            args.image
+        )));
+    }
+    let report = report?;
+    let o = &report.outcome;
+    let store_url = registry.store().url();
+    let text = match &o.skipped {
+        Some(why) => format!("{} is up to date in {store_url}: {why}\n", args.image),
+        None => {
+            let d = o.digests.as_ref();
+            let size = d.map(|d| d.size).unwrap_or(0);
+            let rate = if report.seconds > 0.0 { report.tar_bytes as f64 / report.seconds } else { 0.0 };
+            let mut t = format!(
+                "pushed {} to {store_url}/{} ({} compressed from {}, {:.1}s, {}/s)\n",
+                args.image,
+                o.archive_key,
+                human_bytes(size),
+                human_bytes(report.tar_bytes),
+                report.seconds,
+                human_bytes(rate as u64)
+            );
+            for a in &o.archived {
+                t.push_str(&format!("archived the previous content to {a}\n"));
+            }
+            t
+        }
+    };
+    let doc = json!({
+        "image": args.image.to_string(),
+        "image_id": report.image_id,
+        "store": store_url,
+        "archive_key": o.archive_key.as_str(),
+        "metadata_key": o.metadata_key.as_str(),
+        "skipped": o.skipped,
+        "md5": o.digests.as_ref().map(|d| d.md5.clone()),
+        "sha256": o.digests.as_ref().map(|d| d.sha256.clone()),
+        "size": o.digests.as_ref().map(|d| d.size),
+        "tar_bytes": report.tar_bytes,
+        "archived": o.archived.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+        "seconds": report.seconds,
+        "event": event_json(&o.event),
+    });
+    Ok(Output::new(doc, text).warn_all(event_warning(&o.event, &format!("pushing {}", args.image))))
+}

@@ -1,0 +1,983 @@
+//! The service spec: what one (app, env) runs on this host and how it is switched.
+//!
+//! [`DeploySpec`] is deserialized from TOML (the agent's config, the CLI's deploy file) or
+//! built in code ([`DeploySpec::new`] fills every default). Deserialization only checks types;
+//! [`DeploySpec::validate`] checks the values and answers with one line saying what to fix.
+//! Environment variable values are [`Secret`]s: their `Debug` prints `***`, and the values of
+//! the env file are read at deploy time, never kept in the spec.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use s3dock_core::names::{AppName, EnvName};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::docker::RestartPolicy;
+
+/// One of the two slots a service alternates between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    pub const ALL: [Color; 2] = [Color::Blue, Color::Green];
+
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Color> {
+        Color::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for Color {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A value that must not be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that hands it to the container.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// A value that failed validation: `{field}: {message}`, where the message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// The offending setting (`ports`, `health.path`, `traffic.driver`...); the file or line
+    /// for errors that are not about one setting.
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError { field: field.into(), message: message.into() }
+    }
+}
+
+/// The host ports of the two colors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColorPorts {
+    pub blue: u16,
+    pub green: u16,
+}
+
+impl ColorPorts {
+    pub fn port(&self, color: Color) -> u16 {
+        match color {
+            Color::Blue => self.blue,
+            Color::Green => self.green,
+        }
+    }
+
+    /// The color whose port this is.
+    pub fn color_of(&self, port: u16) -> Option<Color> {
+        Color::ALL.into_iter().find(|c| self.port(*c) == port)
+    }
+}
+
+/// When a new container counts as healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSpec {
+    /// The path asked with `GET`, starting with `/`.
+    pub path: String,
+    /// The pause between two tries.
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// How long one try may take.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Consecutive 2xx answers needed.
+    pub successes: u32,
+    /// How long the whole check may take before the deploy is abandoned.
+    #[serde(deserialize_with = "de_duration")]
+    pub deadline: Duration,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            path: "/".into(),
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(2),
+            successes: 3,
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The traffic driver's settings as written; [`TrafficConfig::driver`] checks them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficConfig {
+    /// `nginx`, `command` or `none`.
+    pub driver: String,
+    /// nginx: the upstream file s3dock owns and the nginx config includes.
+    #[serde(default)]
+    pub upstream_file: Option<PathBuf>,
+    /// nginx: the upstream's name (default `s3dock_{app}_{env}`, `.` and `-` as `_`).
+    #[serde(default)]
+    pub upstream_name: Option<String>,
+    /// nginx: checks the configuration (default `["nginx", "-t"]`).
+    #[serde(default)]
+    pub test_command: Option<Vec<String>>,
+    /// nginx: reloads gracefully (default `["nginx", "-s", "reload"]`).
+    #[serde(default)]
+    pub reload_command: Option<Vec<String>>,
+    /// command: the program and its arguments, run without a shell.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// command and none: where the driver records the upstream it switched to (default
+    /// `{state_dir}/{app}/{env}.upstream.json`).
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// nginx and command: how long one command may run (default 30 s).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+/// A validated traffic driver configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverConfig {
+    Nginx {
+        upstream_file: PathBuf,
+        upstream_name: String,
+        test_command: Vec<String>,
+        reload_command: Vec<String>,
+        timeout: Duration,
+    },
+    Command {
+        command: Vec<String>,
+        state_file: Option<PathBuf>,
+        timeout: Duration,
+    },
+    None {
+        state_file: Option<PathBuf>,
+    },
+}
+
+/// How long a driver's command may run when `traffic.timeout` is not set.
+pub const DEFAULT_DRIVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl TrafficConfig {
+    pub fn nginx(upstream_file: impl Into<PathBuf>) -> Self {
+        TrafficConfig { driver: "nginx".into(), upstream_file: Some(upstream_file.into()), ..Default::default() }
+    }
+
+    pub fn command(argv: Vec<String>) -> Self {
+        TrafficConfig { driver: "command".into(), command: Some(argv), ..Default::default() }
+    }
+
+    pub fn none() -> Self {
+        TrafficConfig { driver: "none".into(), ..Default::default() }
+    }
+
+    /// Checks the settings against the driver they are for.
+    pub fn driver(&self, app: &AppName, env: &EnvName) -> Result<DriverConfig, SpecError> {
+        let unused = |field: &str, value_set: bool, driver: &str| -> Result<(), SpecError> {
+            if value_set {
+                Err(SpecError::new(
+                    format!("traffic.{field}"),
+                    format!("not used by driver = \"{driver}\"; remove it, or pick the driver it belongs to"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let timeout = self.timeout.unwrap_or(DEFAULT_DRIVER_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(SpecError::new("traffic.timeout", "must be more than 0; e.g. \"30s\""));
+        }
+        match self.driver.as_str() {
+            "nginx" => {
+                unused("command", self.command.is_some(), "nginx")?;
+                unused("state_file", self.state_file.is_some(), "nginx")?;
+                let Some(upstream_file) = self.upstream_file.clone().filter(|p| !p.as_os_str().is_empty()) else {
+                    return Err(SpecError::new(
+                        "traffic.upstream_file",
+                        "missing; the nginx driver needs the path of the upstream file your nginx config includes, e.g. upstream_file = \"/etc/nginx/s3dock/web-production.conf\"",
+                    ));
+                };
+                if upstream_file.file_name().is_none() {
+                    return Err(SpecError::new("traffic.upstream_file", "must name a file, not a directory"));
+                }
+                let upstream_name = match &self.upstream_name {
+                    Some(name) => {
+                        let ok = !name.is_empty()
+                            && name.len() <= 128
+                            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+                        if !ok {
+                            return Err(SpecError::new(
+                                "traffic.upstream_name",
+                                format!("{name:?} is not an nginx upstream name; use letters, digits, '_', '.' and '-'"),
+                            ));
+                        }
+                        name.clone()
+                    }
+                    None => default_upstream_name(app, env),
+                };
+                let test_command = command_or("traffic.test_command", &self.test_command, &["nginx", "-t"])?;
+                let reload_command =
+                    command_or("traffic.reload_command", &self.reload_command, &["nginx", "-s", "reload"])?;
+                Ok(DriverConfig::Nginx { upstream_file, upstream_name, test_command, reload_command, timeout })
+            }
+            "command" => {
+                for (field, set) in [
+                    ("upstream_file", self.upstream_file.is_some()),
+                    ("upstream_name", self.upstream_name.is_some()),
+                    ("test_command", self.test_command.is_some()),
+                    ("reload_command", self.reload_command.is_some()),
+                ] {
+                    unused(field, set, "command")?;
+                }
+                let command = match &self.command {
+                    Some(argv) if !argv.is_empty() && !argv[0].is_empty() => argv.clone(),
+                    _ => {
+                        return Err(SpecError::new(
+                            "traffic.command",
+                            "missing; the command driver needs the program to run, e.g. command = [\"/usr/local/bin/switch-lb\"]",
+                        ));
+                    }
+                };
+                Ok(DriverConfig::Command { command, state_file: self.state_file.clone(), timeout })
+            }
+            "none" => {
+                for (field, set) in [
+                    ("upstream_file", self.upstream_file.is_some()),
+                    ("upstream_name", self.upstream_name.is_some()),
+                    ("test_command", self.test_command.is_some()),
+                    ("reload_command", self.reload_command.is_some()),
+                    ("command", self.command.is_some()),
+                    ("timeout", self.timeout.is_some()),
+                ] {
+                    unused(field, set, "none")?;
+                }
+                Ok(DriverConfig::None { state_file: self.state_file.clone() })
+            }
+            other => Err(SpecError::new(
+                "traffic.driver",
+                format!("{other:?} is not a driver s3dock knows; use \"nginx\", \"command\" or \"none\""),
+            )),
+        }
+    }
+}
+
+fn command_or(field: &str, given: &Option<Vec<String>>, default: &[&str]) -> Result<Vec<String>, SpecError> {
+    match given {
+        None => Ok(default.iter().map(|s| (*s).to_owned()).collect()),
+        Some(argv) if !argv.is_empty() && !argv[0].is_empty() => Ok(argv.clone()),
+        Some(_) => Err(SpecError::new(field, "is empty; give the program and its arguments, or remove it for the default")),
+    }
+}
+
+/// `s3dock_{app}_{env}` with `.` and `-` turned into `_`.
+pub fn default_upstream_name(app: &AppName, env: &EnvName) -> String {
+    format!("s3dock_{app}_{env}").replace(['.', '-'], "_")
+}
+
+/// What one (app, env) runs on this host. See the module doc and `docs/agent.md`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    pub app: AppName,
+    pub env: EnvName,
+    /// The port the app listens on inside the container.
+    pub container_port: u16,
+    /// The host ports of the two colors.
+    pub ports: ColorPorts,
+    /// The host address both colors' ports are published on.
+    #[serde(default = "default_bind")]
+    pub bind: IpAddr,
+    /// Environment variables given to the container; they win over `env_file`.
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, Secret>,
+    /// A file of `KEY=VALUE` lines read at every deploy (Docker's `--env-file` format: `#`
+    /// comments and blank lines skipped, the value taken literally).
+    #[serde(default)]
+    pub env_file: Option<PathBuf>,
+    /// Binds and volumes, `source:/container/path[:options]`. Both colors mount them while they
+    /// overlap during a switch.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// The Docker network (`bridge` or a network name); `None` is the engine's default.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The memory limit in bytes (TOML: `"512m"`, `"1g"` or a byte count).
+    #[serde(default, deserialize_with = "de_opt_memory")]
+    pub memory: Option<u64>,
+    /// The CPU limit in CPUs (`1.5`).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// `no`, `always`, `unless-stopped` (the default: a rebooted host brings the serving
+    /// container back) or `on-failure[:N]`.
+    #[serde(default = "default_restart", deserialize_with = "de_restart")]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub health: HealthSpec,
+    /// How long the previous container keeps running after the switch, so requests it already
+    /// accepted finish.
+    #[serde(default = "default_drain", deserialize_with = "de_duration")]
+    pub drain: Duration,
+    /// How long a stopped container gets between SIGTERM and SIGKILL.
+    #[serde(default = "default_stop_timeout", deserialize_with = "de_duration")]
+    pub stop_timeout: Duration,
+    /// Local images of the app kept for instant rollback, the serving one included.
+    #[serde(default = "default_keep_images")]
+    pub keep_images: usize,
+    /// Asked after the switch, through the traffic path (e.g. nginx's listen address):
+    /// `health.successes` consecutive 2xx within `verify_deadline`, or the switch is undone.
+    #[serde(default)]
+    pub verify_url: Option<String>,
+    #[serde(default = "default_verify_deadline", deserialize_with = "de_duration")]
+    pub verify_deadline: Duration,
+    /// The traffic driver; required by [`crate::deploy::traffic_switch`].
+    #[serde(default)]
+    pub traffic: Option<TrafficConfig>,
+}
+
+fn default_bind() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn default_restart() -> RestartPolicy {
+    RestartPolicy::UnlessStopped
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_keep_images() -> usize {
+    3
+}
+fn default_verify_deadline() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl DeploySpec {
+    /// A spec with every default: bound on 127.0.0.1, no variables, no limits,
+    /// `unless-stopped`, the default health check, 5 s of drain, 3 images kept, no driver.
+    pub fn new(app: AppName, env: EnvName, container_port: u16, ports: ColorPorts) -> Self {
+        DeploySpec {
+            app,
+            env,
+            container_port,
+            ports,
+            bind: default_bind(),
+            env_vars: BTreeMap::new(),
+            env_file: None,
+            volumes: Vec::new(),
+            network: None,
+            memory: None,
+            cpus: None,
+            restart: default_restart(),
+            health: HealthSpec::default(),
+            drain: default_drain(),
+            stop_timeout: default_stop_timeout(),
+            keep_images: default_keep_images(),
+            verify_url: None,
+            verify_deadline: default_verify_deadline(),
+            traffic: None,
+        }
+    }
+
+    /// Parses and validates a spec written in TOML.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: DeploySpec = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let message = e.message().trim().replace('\n', " ");
+            SpecError::new(line.map_or_else(|| "spec".to_owned(), |l| format!("line {l}")), message)
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks every value; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let err = |field: &str, message: String| Err(SpecError::new(field, message));
+        if self.container_port == 0 {
+            return err("container_port", "is 0; give the port the app listens on inside the container".into());
+        }
+        for color in Color::ALL {
+            if self.ports.port(color) == 0 {
+                return err(
+                    &format!("ports.{color}"),
+                    "is 0; give each color a fixed host port, e.g. ports = { blue = 18080, green = 18081 }".into(),
+                );
+            }
+        }
+        if self.ports.blue == self.ports.green {
+            return err(
+                "ports",
+                format!(
+                    "blue and green are both {}; the two colors run side by side during a switch, give each its own host port",
+                    self.ports.blue
+                ),
+            );
+        }
+        for key in self.env_vars.keys() {
+            if !is_env_key(key) {
+                return err(
+                    "env_vars",
+                    format!("{key:?} is not a variable name; use letters, digits and '_', not starting with a digit"),
+                );
+            }
+        }
+        for (key, value) in &self.env_vars {
+            if value.expose().contains('\0') {
+                return err("env_vars", format!("the value of {key} contains a NUL byte, which Docker refuses"));
+            }
+        }
+        if let Some(path) = &self.env_file
+            && path.as_os_str().is_empty()
+        {
+            return err("env_file", "is empty; give the path of a KEY=VALUE file or remove it".into());
+        }
+        for volume in &self.volumes {
+            check_volume(volume)?;
+        }
+        if let Some(network) = &self.network {
+            if network.trim().is_empty() {
+                return err("network", "is empty; give a network name, or remove it for the engine's default".into());
+            }
+            if network == "host" || network == "none" || network.starts_with("container:") {
+                return err(
+                    "network",
+                    format!(
+                        "{network:?} publishes no ports, so two colors cannot run side by side; use \"bridge\" or a user-defined network"
+                    ),
+                );
+            }
+        }
+        if let Some(memory) = self.memory
+            && memory < 6 * 1024 * 1024
+        {
+            return err("memory", format!("{memory} bytes is below Docker's minimum of 6 MiB; e.g. memory = \"256m\""));
+        }
+        if let Some(cpus) = self.cpus
+            && !(cpus.is_finite() && cpus > 0.0 && cpus <= 1024.0)
+        {
+            return err("cpus", format!("{cpus} is not a CPU count; give a positive number such as 0.5 or 2"));
+        }
+        let h = &self.health;
+        if !h.path.starts_with('/') || h.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return err(
+                "health.path",
+                format!("{:?} is not a request path; start it with '/' and leave out spaces, e.g. \"/healthz\"", h.path),
+            );
+        }
+        if h.interval.is_zero() {
+            return err("health.interval", "must be more than 0; e.g. \"500ms\"".into());
+        }
+        if h.timeout.is_zero() {
+            return err("health.timeout", "must be more than 0; e.g. \"2s\"".into());
+        }
+        if h.successes == 0 {
+            return err("health.successes", "must be at least 1".into());
+        }
+        if h.deadline < h.timeout {
+            return err(
+                "health.deadline",
+                format!(
+                    "{} is shorter than one try (health.timeout = {}); raise it",
+                    show_duration(h.deadline),
+                    show_duration(h.timeout)
+                ),
+            );
+        }
+        if self.keep_images == 0 {
+            return err("keep_images", "must be at least 1 (the serving image is always kept)".into());
+        }
+        if let Some(url) = &self.verify_url {
+            HttpTarget::parse_url(url).map_err(|m| SpecError::new("verify_url", m))?;
+            if self.verify_deadline.is_zero() {
+                return err("verify_deadline", "must be more than 0; e.g. \"10s\"".into());
+            }
+        }
+        if let Some(traffic) = &self.traffic {
+            traffic.driver(&self.app, &self.env)?;
+        }
+        Ok(())
+    }
+
+    /// The address health checks and upstreams use: `bind`, or the loopback address of its
+    /// family when `bind` is unspecified (`0.0.0.0`, `::`).
+    pub fn upstream_host(&self) -> IpAddr {
+        match self.bind {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            other => other,
+        }
+    }
+
+    /// The container's environment: the env file's variables, then `env_vars` (which win).
+    /// Errors never quote a value.
+    pub fn container_env(&self) -> Result<Vec<(String, Secret)>, SpecError> {
+        let mut vars: BTreeMap<String, Secret> = BTreeMap::new();
+        if let Some(path) = &self.env_file {
+            for (k, v) in read_env_file(path)? {
+                vars.insert(k, v);
+            }
+        }
+        for (k, v) in &self.env_vars {
+            vars.insert(k.clone(), v.clone());
+        }
+        Ok(vars.into_iter().collect())
+    }
+}
+
+fn is_env_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_volume(volume: &str) -> Result<(), SpecError> {
+    let parts: Vec<&str> = volume.split(':').collect();
+    let ok = matches!(parts.len(), 2 | 3) && !parts[0].is_empty() && parts[1].starts_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            "volumes",
+            format!(
+                "{volume:?} is not SOURCE:/container/path[:options]; e.g. \"/srv/web/data:/data\" or \"web-cache:/cache:ro\""
+            ),
+        ))
+    }
+}
+
+/// Reads a `KEY=VALUE` file. Values are taken literally (no quote removal, as Docker's
+/// `--env-file` does). Errors name the line, never its content: it may hold a secret.
+pub fn read_env_file(path: &Path) -> Result<Vec<(String, Secret)>, SpecError> {
+    let field = format!("env_file {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        SpecError::new(&field, format!("cannot read it ({e}); create it or fix env_file (KEY=VALUE lines)"))
+    })?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(SpecError::new(&field, format!("line {} is not KEY=VALUE; fix or remove it", n + 1)));
+        };
+        let key = key.trim_end();
+        if !is_env_key(key) {
+            return Err(SpecError::new(
+                &field,
+                format!("line {} does not start with a variable name (letters, digits and '_'); fix it", n + 1),
+            ));
+        }
+        out.push((key.to_owned(), Secret::new(value)));
+    }
+    Ok(out)
+}
+
+/// `http://host:port/path`: where `verify_url` sends its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub host: String,
+    pub port: u16,
+    /// Starts with `/`, query included.
+    pub path: String,
+}
+
+impl HttpTarget {
+    /// Parses an `http://` URL (no TLS, no user info).
+    pub fn parse_url(url: &str) -> Result<Self, String> {
+        let bad = |why: &str| Err(format!("{url:?} {why}; write http://HOST:PORT/PATH, e.g. http://127.0.0.1:80/"));
+        let Some(rest) = url.strip_prefix("http://") else {
+            return bad("is not an http:// URL");
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') {
+            return bad("has user info");
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            match v6.split_once(']') {
+                Some((h, "")) => (h, 80),
+                Some((h, p)) => match p.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()) {
+                    Some(port) => (h, port),
+                    None => return bad("has a bad port"),
+                },
+                None => return bad("has an unclosed '['"),
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => match p.parse::<u16>() {
+                    Ok(port) => (h, port),
+                    Err(_) => return bad("has a bad port"),
+                },
+                None => (authority, 80),
+            }
+        };
+        if host.is_empty() || port == 0 || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad("is not a usable address");
+        }
+        Ok(HttpTarget { host: host.to_owned(), port, path: path.to_owned() })
+    }
+}
+
+/// `500ms`, `2s`, `1.5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("{s:?} has no unit; write e.g. \"500ms\", \"5s\" or \"1m\"")),
+        other => return Err(format!("{s:?} has the unknown unit {other:?}; use ms, s, m or h")),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. \"500ms\" or \"5s\""))?;
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 7.0 * 24.0 * 3600.0 {
+        return Err(format!("{s:?} is longer than a week"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A duration for messages: `500ms`, `2s`, `1.5s`.
+pub fn show_duration(d: Duration) -> String {
+    if d.subsec_millis() != 0 && d.as_secs() == 0 {
+        format!("{}ms", d.as_millis())
+    } else if d.subsec_millis() != 0 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{}s", d.as_secs())
+    }
+}
+
+/// `512m`, `1g`, `64k`, `1048576` (bytes); binary units, an optional `b`/`ib` suffix.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let unit = unit.trim();
+    let unit = unit.strip_suffix("ib").or_else(|| unit.strip_suffix('b')).unwrap_or(unit);
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(format!("{s:?} is not a memory size; write e.g. \"256m\" or \"1g\"")),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a memory size; write e.g. \"256m\" or \"1g\""))?;
+    n.checked_mul(scale).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `no`, `always`, `unless-stopped`, `on-failure`, `on-failure:N`.
+pub fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
+    match s {
+        "no" => Ok(RestartPolicy::No),
+        "always" => Ok(RestartPolicy::Always),
+        "unless-stopped" => Ok(RestartPolicy::UnlessStopped),
+        "on-failure" => Ok(RestartPolicy::OnFailure { max_retries: 0 }),
+        other => match other.strip_prefix("on-failure:").and_then(|n| n.parse().ok()) {
+            Some(max_retries) => Ok(RestartPolicy::OnFailure { max_retries }),
+            None => Err(format!(
+                "{other:?} is not a restart policy; use \"no\", \"always\", \"unless-stopped\" or \"on-failure[:N]\""
+            )),
+        },
+    }
+}
+
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration with a unit, such as \"500ms\" or \"5s\"")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+        parse_duration(v).map_err(E::custom)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+        Err(E::custom(format!("{v} has no unit; write it as a string with one, e.g. \"{v}s\" or \"{v}ms\"")))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+        Err(E::custom(format!("{v} has no unit; write it as a string with one, e.g. \"{v}s\" or \"{v}ms\"")))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
+        Err(E::custom(format!("{v} has no unit; write it as a string with one, e.g. \"{v}s\"")))
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_any(DurationVisitor)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    d.deserialize_any(DurationVisitor).map(Some)
+}
+
+struct MemoryVisitor;
+
+impl Visitor<'_> for MemoryVisitor {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a memory size such as \"256m\" or a byte count")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+        parse_memory(v).map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+        Ok(v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+        u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative; write e.g. \"256m\"")))
+    }
+}
+
+fn de_opt_memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    d.deserialize_any(MemoryVisitor).map(Some)
+}
+
+fn de_restart<'de, D: Deserializer<'de>>(d: D) -> Result<RestartPolicy, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_restart(&s).map_err(de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+app = "web"
+env = "production"
+container_port = 8080
+ports = { blue = 18080, green = 18081 }
+bind = "127.0.0.1"
+env_vars = { RUST_LOG = "info", DATABASE_PASSWORD = "hunter2" }
+env_file = "/etc/s3dock/web.env"
+volumes = ["/srv/web/uploads:/app/uploads", "web-cache:/cache:ro"]
+network = "bridge"
+memory = "512m"
+cpus = 1.5
+restart = "on-failure:5"
+drain = "5s"
+stop_timeout = "10s"
+keep_images = 3
+verify_url = "http://127.0.0.1:80/healthz"
+
+[health]
+path = "/healthz"
+interval = "500ms"
+timeout = "2s"
+successes = 3
+deadline = "60s"
+
+[traffic]
+driver = "nginx"
+upstream_file = "/etc/nginx/s3dock/web-production.conf"
+test_command = ["nginx", "-t"]
+reload_command = ["systemctl", "reload", "nginx"]
+timeout = "30s"
+"#;
+
+    #[test]
+    fn a_full_spec_parses() {
+        let spec = DeploySpec::from_toml(FULL).unwrap();
+        assert_eq!(spec.app.as_str(), "web");
+        assert_eq!(spec.ports.port(Color::Green), 18081);
+        assert_eq!(spec.memory, Some(512 << 20));
+        assert_eq!(spec.restart, RestartPolicy::OnFailure { max_retries: 5 });
+        assert_eq!(spec.health.interval, Duration::from_millis(500));
+        assert_eq!(spec.volumes.len(), 2);
+        let driver = spec.traffic.as_ref().unwrap().driver(&spec.app, &spec.env).unwrap();
+        match driver {
+            DriverConfig::Nginx { upstream_name, reload_command, test_command, .. } => {
+                assert_eq!(upstream_name, "s3dock_web_production");
+                assert_eq!(reload_command, ["systemctl", "reload", "nginx"]);
+                assert_eq!(test_command, ["nginx", "-t"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled() {
+        let spec = DeploySpec::from_toml(
+            "app = \"web\"\nenv = \"staging\"\ncontainer_port = 80\nports = { blue = 1, green = 2 }\n",
+        )
+        .unwrap();
+        assert_eq!(spec.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(spec.health, HealthSpec::default());
+        assert_eq!(spec.drain, Duration::from_secs(5));
+        assert_eq!(spec.keep_images, 3);
+        assert_eq!(spec.restart, RestartPolicy::UnlessStopped);
+        assert!(spec.traffic.is_none());
+        let built = DeploySpec::new(spec.app.clone(), spec.env.clone(), 80, ColorPorts { blue: 1, green: 2 });
+        assert_eq!(built, spec);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let spec = DeploySpec::from_toml(FULL).unwrap();
+        let shown = format!("{spec:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("DATABASE_PASSWORD"), "{shown}");
+        assert_eq!(spec.env_vars["DATABASE_PASSWORD"].expose(), "hunter2");
+    }
+
+    fn error_of(toml_text: &str) -> String {
+        DeploySpec::from_toml(toml_text).unwrap_err().to_string()
+    }
+
+    fn with(extra: &str) -> String {
+        format!("app = \"web\"\nenv = \"production\"\ncontainer_port = 8080\n{extra}")
+    }
+
+    #[test]
+    fn validation_says_what_to_fix() {
+        let ports = "ports = { blue = 18080, green = 18081 }\n";
+        for (text, want) in [
+            (with("ports = { blue = 18080, green = 18080 }\n"), "give each its own host port"),
+            (with("ports = { blue = 0, green = 18080 }\n"), "ports.blue: is 0"),
+            (with(&format!("{ports}[traffic]\ndriver = \"haproxy\"\n")), "\"haproxy\" is not a driver s3dock knows"),
+            (with(&format!("{ports}[traffic]\ndriver = \"nginx\"\n")), "traffic.upstream_file: missing"),
+            (with(&format!("{ports}[traffic]\ndriver = \"command\"\n")), "traffic.command: missing"),
+            (
+                with(&format!("{ports}[traffic]\ndriver = \"none\"\ncommand = [\"x\"]\n")),
+                "traffic.command: not used by driver = \"none\"",
+            ),
+            (with(&format!("{ports}drain = 5\n")), "has no unit"),
+            (with(&format!("{ports}drain = \"5 parsecs\"\n")), "unknown unit"),
+            (with(&format!("{ports}network = \"host\"\n")), "publishes no ports"),
+            (with(&format!("{ports}memory = \"1m\"\n")), "minimum of 6 MiB"),
+            (with(&format!("{ports}memory = \"lots\"\n")), "not a memory size"),
+            (with(&format!("{ports}cpus = 0.0\n")), "cpus: 0 is not a CPU count"),
+            (with(&format!("{ports}restart = \"sometimes\"\n")), "not a restart policy"),
+            (with(&format!("{ports}volumes = [\"data\"]\n")), "SOURCE:/container/path"),
+            (with(&format!("{ports}env_vars = {{ \"1X\" = \"v\" }}\n")), "not a variable name"),
+            (with(&format!("{ports}keep_images = 0\n")), "keep_images: must be at least 1"),
+            (with(&format!("{ports}verify_url = \"https://x/\"\n")), "not an http:// URL"),
+            (with(&format!("{ports}[health]\npath = \"healthz\"\n")), "start it with '/'"),
+            (with(&format!("{ports}[health]\nsuccesses = 0\n")), "health.successes"),
+            (with(&format!("{ports}[health]\ndeadline = \"1s\"\ntimeout = \"2s\"\n")), "shorter than one try"),
+            (with(&format!("{ports}colour = \"blue\"\n")), "unknown field `colour`"),
+            (with("ports = { blue = 1 }\n"), "missing field `green`"),
+            ("app = \"Web\"\n".to_owned(), "invalid app name"),
+        ] {
+            let e = error_of(&text);
+            assert!(e.contains(want), "{e}\n--- for ---\n{text}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn env_files_are_read_without_echoing_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.env");
+        std::fs::write(&path, "# comment\n\nA=1\nexport_me=x=y\nB=\"quoted\"\n").unwrap();
+        let mut spec = DeploySpec::from_toml(&with("ports = { blue = 1, green = 2 }\n")).unwrap();
+        spec.env_file = Some(path.clone());
+        spec.env_vars.insert("A".into(), Secret::new("override"));
+        let env: BTreeMap<String, String> =
+            spec.container_env().unwrap().into_iter().map(|(k, v)| (k, v.expose().to_owned())).collect();
+        assert_eq!(env["A"], "override");
+        assert_eq!(env["export_me"], "x=y");
+        assert_eq!(env["B"], "\"quoted\"");
+
+        std::fs::write(&path, "GOOD=1\nsecret-value-without-key\n").unwrap();
+        let e = spec.container_env().unwrap_err().to_string();
+        assert!(e.contains("line 2 is not KEY=VALUE"), "{e}");
+        assert!(!e.contains("secret-value"), "{e}");
+        std::fs::write(&path, "BAD KEY=topsecret\n").unwrap();
+        let e = spec.container_env().unwrap_err().to_string();
+        assert!(e.contains("line 1") && !e.contains("topsecret"), "{e}");
+        spec.env_file = Some(dir.path().join("missing.env"));
+        assert!(spec.container_env().unwrap_err().to_string().contains("cannot read it"));
+    }
+
+    #[test]
+    fn durations_sizes_and_urls() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert_eq!(show_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(show_duration(Duration::from_secs(60)), "60s");
+        assert_eq!(parse_memory("256m").unwrap(), 256 << 20);
+        assert_eq!(parse_memory("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_memory("4096").unwrap(), 4096);
+        assert!(parse_memory("99999999999999g").is_err());
+        let t = HttpTarget::parse_url("http://127.0.0.1:8080/a?b=1").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("127.0.0.1", 8080, "/a?b=1"));
+        let t = HttpTarget::parse_url("http://[::1]:81").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("::1", 81, "/"));
+        assert_eq!(HttpTarget::parse_url("http://localhost/").unwrap().port, 80);
+        assert!(HttpTarget::parse_url("http://:80/").is_err());
+        assert!(HttpTarget::parse_url("http://h:0/").is_err());
+        assert!(HttpTarget::parse_url("http://u@h:1/").is_err());
+    }
+
+    #[test]
+    fn upstream_host_is_never_unspecified() {
+        let mut spec = DeploySpec::from_toml(&with("ports = { blue = 1, green = 2 }\n")).unwrap();
+        spec.bind = "0.0.0.0".parse().unwrap();
+        assert_eq!(spec.upstream_host().to_string(), "127.0.0.1");
+        spec.bind = "::".parse().unwrap();
+        assert_eq!(spec.upstream_host().to_string(), "::1");
+        spec.bind = "10.1.2.3".parse().unwrap();
+        assert_eq!(spec.upstream_host().to_string(), "10.1.2.3");
+        let app = AppName::parse("my-app.web").unwrap();
+        assert_eq!(default_upstream_name(&app, &EnvName::parse("prod").unwrap()), "s3dock_my_app_web_prod");
+    }
+}

@@ -1,0 +1,347 @@
+//! The deployer's local state: one small JSON file per (app, env), rewritten atomically at
+//! every phase, so a deployer killed at any point finds out on restart what it was doing.
+//!
+//! Layout under the state directory:
+//!
+//! ```text
+//! {state_dir}/{app}/{env}.json            this module's DeployState
+//! {state_dir}/{app}/{env}.lock            held (flock) while a deployer works on the service
+//! {state_dir}/{app}/{env}.upstream.json   the command and none drivers' record of the upstream
+//! ```
+//!
+//! App and environment names are validated names (no `/`, no `..`), so these paths stay inside
+//! the state directory.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use s3dock_core::docs::DeployOutcome;
+use s3dock_core::names::{AppName, EnvName};
+use serde::{Deserialize, Serialize};
+
+use super::spec::Color;
+
+/// The version of the state file this build writes; newer files are refused, not guessed at.
+pub const STATE_SCHEMA_VERSION: u32 = 1;
+
+/// Where a deploy stands. The state file is written *before* each phase's first action, so
+/// after a crash the phase says what may have been done, never less.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// No deploy in flight; traffic is on `old` (or nowhere, for a service never deployed).
+    Idle,
+    /// Removing a leftover, then creating and starting `new`. Traffic is on `old`.
+    Starting,
+    /// `new` runs and is being health checked. Traffic is on `old`.
+    HealthCheck,
+    /// The traffic driver is switching to `new`: traffic is on `old` or `new`, not known which.
+    Switching,
+    /// The switch returned: traffic is on `new`, being verified.
+    Verifying,
+    /// Going back to `old` after a failed switch or verification: traffic is on either.
+    RollingBack,
+    /// Traffic is on `new`; `old` gets its grace period, then is stopped and removed.
+    Draining,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Starting => "starting",
+            Phase::HealthCheck => "health-check",
+            Phase::Switching => "switching",
+            Phase::Verifying => "verifying",
+            Phase::RollingBack => "rolling-back",
+            Phase::Draining => "draining",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One color's container as the state file knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    pub color: Color,
+    /// Unknown between the decision to create it and the engine's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// `app:tag`.
+    pub image: String,
+}
+
+/// The state file of one (app, env).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployState {
+    pub schema_version: u32,
+    pub app: AppName,
+    pub env: EnvName,
+    pub phase: Phase,
+    /// When idle: the container traffic is on. During a deploy: the one that served before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<Slot>,
+    /// During a deploy: the container being brought up. `None` when idle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<Slot>,
+    /// The deploy in flight (or the last one): its id keys its audit record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer_seq: Option<u64>,
+    /// When traffic last moved, for the remaining drain grace after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_at: Option<DateTime<Utc>>,
+    /// The outcome of the last deploy, for the agent's state report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_deploy: Option<DeployOutcome>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl DeployState {
+    pub fn empty(app: &AppName, env: &EnvName, now: DateTime<Utc>) -> Self {
+        DeployState {
+            schema_version: STATE_SCHEMA_VERSION,
+            app: app.clone(),
+            env: env.clone(),
+            phase: Phase::Idle,
+            old: None,
+            new: None,
+            deploy_id: None,
+            started_at: None,
+            pointer_seq: None,
+            switched_at: None,
+            last_deploy: None,
+            updated_at: now,
+        }
+    }
+
+    /// The slot of `color`, among `old` and `new`.
+    pub fn slot(&self, color: Color) -> Option<&Slot> {
+        [self.new.as_ref(), self.old.as_ref()].into_iter().flatten().find(|s| s.color == color)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}; check that the state directory exists and is writable by this user")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path}: not a state file s3dock can read ({detail}); move it away, then run the deploy again: s3dock re-learns the service from its containers and the traffic driver"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "{app}/{env}: another deploy of this service is running (it holds {path}); wait for it to finish, or stop the process that holds it"
+    )]
+    Busy { app: String, env: String, path: PathBuf },
+}
+
+impl StateError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StateError::Busy { .. } => true,
+            StateError::Io { source, .. } => {
+                matches!(source.kind(), io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+            }
+            StateError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// The files of one (app, env) under a state directory.
+#[derive(Debug, Clone)]
+pub struct StateFiles {
+    dir: PathBuf,
+    env: String,
+}
+
+impl StateFiles {
+    pub fn new(state_dir: &Path, app: &AppName, env: &EnvName) -> Self {
+        StateFiles { dir: state_dir.join(app.as_str()), env: env.as_str().to_owned() }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", self.env))
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join(format!("{}.lock", self.env))
+    }
+
+    pub fn upstream(&self) -> PathBuf {
+        self.dir.join(format!("{}.upstream.json", self.env))
+    }
+
+    /// The state, or `None` when the service was never deployed from this directory.
+    pub fn load(&self) -> Result<Option<DeployState>, StateError> {
+        let path = self.state();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Io { path, source }),
+        };
+        let corrupt = |detail: String| StateError::Corrupt { path: path.clone(), detail };
+        let state: DeployState = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if state.schema_version > STATE_SCHEMA_VERSION {
+            return Err(corrupt(format!(
+                "schema version {} is newer than this s3dock's {STATE_SCHEMA_VERSION}; upgrade s3dock",
+                state.schema_version
+            )));
+        }
+        Ok(Some(state))
+    }
+
+    pub fn save(&self, state: &DeployState) -> Result<(), StateError> {
+        let mut bytes = serde_json::to_vec_pretty(state).expect("a DeployState always serializes");
+        bytes.push(b'\n');
+        let path = self.state();
+        write_atomic(&path, &bytes).map_err(|source| StateError::Io { path, source })
+    }
+
+    /// Takes the service's lock, waiting up to `wait` for another deployer to let go. The lock
+    /// is an `flock` on the lock file: the kernel drops it when its holder exits, however it
+    /// exits, so a crashed deployer never leaves it taken.
+    pub async fn lock_service(&self, wait: Duration) -> Result<ServiceLock, StateError> {
+        let path = self.lock();
+        let io_err = |source| StateError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(&self.dir).map_err(io_err)?;
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(ServiceLock { _file: file }),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(StateError::Busy {
+                        app: self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                        env: self.env.clone(),
+                        path,
+                    });
+                }
+                Err(TryLockError::Error(source)) => return Err(StateError::Io { path, source }),
+            }
+        }
+    }
+}
+
+/// Held while a deployer works on a service; dropping it releases the lock.
+#[derive(Debug)]
+pub struct ServiceLock {
+    _file: File,
+}
+
+/// Replaces `path` with `bytes` so that a reader (or a restart after a crash) sees the old
+/// content or the new, never a mix: write a temporary file beside it, fsync it, rename it over
+/// `path`, then fsync the directory so the rename itself survives a power loss.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.s3dock-tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes `path` durably (the directory is fsynced); an absent file is not an error.
+pub fn remove_durably(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> (AppName, EnvName) {
+        (AppName::parse("web").unwrap(), EnvName::parse("production").unwrap())
+    }
+
+    #[test]
+    fn state_round_trips_and_refuses_what_it_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, env) = names();
+        let files = StateFiles::new(dir.path(), &app, &env);
+        assert!(files.load().unwrap().is_none());
+        let mut state = DeployState::empty(&app, &env, Utc::now());
+        state.phase = Phase::HealthCheck;
+        state.new = Some(Slot { color: Color::Green, container_id: Some("abc".into()), image: "web:x".into() });
+        files.save(&state).unwrap();
+        assert_eq!(files.load().unwrap().unwrap(), state);
+        assert_eq!(state.slot(Color::Green).unwrap().container_id.as_deref(), Some("abc"));
+        assert!(state.slot(Color::Blue).is_none());
+        let text = std::fs::read_to_string(files.state()).unwrap();
+        assert!(text.contains("\"phase\": \"health-check\""), "{text}");
+        // No temporary file is left beside it.
+        assert_eq!(std::fs::read_dir(files.state().parent().unwrap()).unwrap().count(), 1);
+
+        std::fs::write(files.state(), b"{\"schema_version\": 1, \"phase\": \"exploding\"}").unwrap();
+        let e = files.load().unwrap_err();
+        assert!(matches!(e, StateError::Corrupt { .. }) && e.to_string().contains("move it away"), "{e}");
+        let mut future = serde_json::to_value(&state).unwrap();
+        future["schema_version"] = 9.into();
+        std::fs::write(files.state(), serde_json::to_vec(&future).unwrap()).unwrap();
+        assert!(files.load().unwrap_err().to_string().contains("upgrade s3dock"));
+    }
+
+    #[tokio::test]
+    async fn one_deployer_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, env) = names();
+        let files = StateFiles::new(dir.path(), &app, &env);
+        let held = files.lock_service(Duration::ZERO).await.unwrap();
+        let started = Instant::now();
+        let e = files.lock_service(Duration::from_millis(300)).await.unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(e.is_retryable() && e.to_string().contains("another deploy"), "{e}");
+        drop(held);
+        files.lock_service(Duration::ZERO).await.unwrap();
+    }
+
+    #[test]
+    fn atomic_writes_replace_and_removals_tolerate_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("f.conf");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        remove_durably(&path).unwrap();
+        remove_durably(&path).unwrap();
+        assert!(!path.exists());
+    }
+}
