@@ -42,6 +42,9 @@ pub struct ObjectEvent {
     pub size: Option<u64>,
     /// The identity S3 saw writing the object (`userIdentity.principalId`).
     pub principal: Option<String>,
+    /// When S3 saw the write (`eventTime`); names records of facts that carry no time of their
+    /// own (an unreadable document), so redeliveries find the same record.
+    pub event_time: Option<DateTime<Utc>>,
 }
 
 impl ObjectEvent {
@@ -550,16 +553,16 @@ impl Handlers {
         ev: &ObjectEvent,
         written: Option<&PointerDoc>,
     ) -> Result<Outcome, EventError> {
-        let doc: PointerDoc = match written {
-            Some(d) => d.clone(),
+        let (doc, bytes): (PointerDoc, Bytes) = match written {
+            Some(d) => (d.clone(), Bytes::from(docs::encode(d))),
             None => {
                 let Some(bytes) = self.read_event_doc(key, ev).await? else {
                     return Ok(Outcome::Ignored { reason: format!("{key} no longer exists") });
                 };
                 match docs::decode(key.as_str(), &bytes) {
-                    Ok(d) => d,
+                    Ok(d) => (d, bytes),
                     Err(e) => {
-                        return self.audit_bad_pointer(app, env, key, e.to_string(), ev).await;
+                        return self.audit_bad_pointer(app, env, key, e.to_string(), ev, &bytes).await;
                     }
                 }
             }
@@ -567,8 +570,13 @@ impl Handlers {
         let image = match resolve_doc(&*self.store, app, &doc).await {
             Ok(i) => i,
             Err(e) if e.is_retryable() => return Err(e.into()),
-            Err(e) => return self.audit_bad_pointer(app, env, key, e.to_string(), ev).await,
+            Err(e) => return self.audit_bad_pointer(app, env, key, e.to_string(), ev, &bytes).await,
         };
+        // A pointer to an image that is not in the bucket would send agents after nothing.
+        if find_metadata(&*self.store, &image).await?.is_none() {
+            let reason = format!("{key} points to {image}, which is not in the bucket");
+            return self.audit_bad_pointer(app, env, key, reason, ev, &bytes).await;
+        }
         let event =
             if doc.action == Some(PointerAction::Rollback) { EventType::Rollback } else { EventType::Promotion };
         let seq = doc.seq();
@@ -652,9 +660,10 @@ impl Handlers {
         key: &ObjectKey,
         reason: String,
         ev: &ObjectEvent,
+        bytes: &[u8],
     ) -> Result<Outcome, EventError> {
         // A pointer is live state: it is not moved away, only reported. Nothing is sent.
-        let now = self.clock.now();
+        let now = ev.event_time.unwrap_or_else(|| self.clock.now());
         let mut rec = self.record(EventType::Reject, app, now, &self.actor, ("", ""));
         rec.principal = ev.principal.clone();
         rec.details = serde_json::to_value(ArchiveDetails {
@@ -664,8 +673,9 @@ impl Handlers {
             image_reference: None,
         })
         .unwrap_or_default();
-        let tag = ev.etag.clone().or(ev.version_id.clone()).unwrap_or_default();
-        let audit_key = layout::audit(app, now, EventType::Reject.as_str(), "unknown", &[env.as_str(), &tag]);
+        // The document's digest names this write: redeliveries share it, other writes do not.
+        let doc_id = hex::encode(&<md5::Md5 as sha2::Digest>::digest(bytes)[..4]);
+        let audit_key = layout::audit(app, now, EventType::Reject.as_str(), "unknown", &[env.as_str(), &doc_id]);
         write_audit(&*self.store, &audit_key, &rec).await?;
         tracing::error!(pointer = %key, reason = %reason, "bad pointer: audited, no agent notified");
         Ok(Outcome::Rejected { reason, archived_to: vec![], audit_key: Some(audit_key) })

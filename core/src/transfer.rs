@@ -191,7 +191,7 @@ impl AsyncRead for Counting {
     }
 }
 
-/// Fails the stream with `Interrupted` once `token` is cancelled. Cancelling through the data
+/// Fails the stream with an error once `token` is cancelled. Cancelling through the data
 /// path (rather than dropping the consumer's future) lets the consumer clean up: the S3 store
 /// aborts its multipart upload on a body error, so an interrupted push leaves nothing behind.
 pub fn cancellable(inner: BoxReader, token: tokio_util::sync::CancellationToken) -> BoxReader {
@@ -206,7 +206,9 @@ struct Cancellable {
 impl AsyncRead for Cancellable {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         if self.cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io_err(std::io::ErrorKind::Interrupted, "interrupted".into())));
+            // Not `ErrorKind::Interrupted`: readers retry that kind (it means EINTR), so the
+            // stream would spin instead of ending.
+            return Poll::Ready(Err(io_err(std::io::ErrorKind::Other, "interrupted by the user".into())));
         }
         self.inner.as_mut().poll_read(cx, buf)
     }
@@ -251,6 +253,22 @@ mod tests {
 
     fn image() -> crate::names::ImageRef {
         crate::names::ImageRef::parse("app:20250721-2118-f7a5a27").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_stream_ends_with_an_error_not_a_spin() {
+        let token = tokio_util::sync::CancellationToken::new();
+        let endless = Box::pin(tokio::io::repeat(7));
+        let mut r = cancellable(endless, token.clone());
+        let mut buf = vec![0u8; 1024];
+        assert_eq!(r.read(&mut buf).await.unwrap(), 1024);
+        token.cancel();
+        let mut sink = Vec::new();
+        let e = tokio::time::timeout(std::time::Duration::from_secs(5), r.read_to_end(&mut sink))
+            .await
+            .expect("read_to_end returns instead of retrying forever")
+            .unwrap_err();
+        assert_ne!(e.kind(), std::io::ErrorKind::Interrupted);
     }
 
     #[tokio::test]

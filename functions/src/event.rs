@@ -26,6 +26,8 @@ pub struct S3Record {
     /// `userIdentity.principalId`: who S3 saw writing the object.
     pub principal: Option<String>,
     pub sequencer: Option<String>,
+    /// `eventTime`: when S3 saw the write.
+    pub event_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What one notification (an SQS body, an SNS message) holds.
@@ -179,6 +181,9 @@ pub fn parse_s3_record(r: &Value) -> Result<S3Record, String> {
         size,
         principal: s("/userIdentity/principalId"),
         sequencer: s("/s3/object/sequencer"),
+        event_time: s("/eventTime")
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc)),
     })
 }
 

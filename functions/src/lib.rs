@@ -374,6 +374,7 @@ impl Function {
             version_id: rec.version_id.clone(),
             size: rec.size,
             principal: rec.principal.clone(),
+            event_time: rec.event_time,
         };
         let handlers = match self.handlers(&bucket, inv).await {
             Ok(h) => h,

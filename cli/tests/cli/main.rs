@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod config;
+mod docker;
 mod help;
 mod s3;
 mod story;

@@ -900,18 +900,29 @@ impl ObjectStore for S3Store {
         if src_info.size > self.cfg.multipart_copy_threshold {
             return self.copy_multipart(src, &src_info, dst, &precondition).await;
         }
-        let mut req = self
-            .client
-            .copy_object()
-            .bucket(&self.cfg.bucket)
-            .key(self.full_key(dst))
-            .copy_source(copy_source(&self.cfg.bucket, &self.full_key(src)))
-            // Copy exactly the version just inspected (its size chose this path).
-            .copy_source_if_match(&src_info.etag.0);
-        if precondition == Precondition::IfAbsent {
-            req = req.if_none_match("*");
+        let send = |conditional: bool| {
+            let mut req = self
+                .client
+                .copy_object()
+                .bucket(&self.cfg.bucket)
+                .key(self.full_key(dst))
+                .copy_source(copy_source(&self.cfg.bucket, &self.full_key(src)))
+                // Copy exactly the version just inspected (its size chose this path).
+                .copy_source_if_match(&src_info.etag.0);
+            if conditional {
+                req = req.if_none_match("*");
+            }
+            req.send()
+        };
+        let conditional = precondition == Precondition::IfAbsent;
+        let mut sent = send(conditional).await;
+        // A server that knows conditional copies only partly may answer 501 NotImplemented to
+        // the header: the HEAD above already checked, so copy again without it.
+        if conditional && matches!(&sent, Err(e) if status_of(e) == Some(501)) {
+            tracing::debug!(key = %dst, "the server refused a conditional copy; copying after the HEAD check only");
+            sent = send(false).await;
         }
-        let out = match req.send().await {
+        let out = match sent {
             Ok(out) => out,
             // Either condition may have failed: the destination appeared meanwhile, or the
             // source changed since the HEAD (a retryable conflict on the source, not a lost race

@@ -281,7 +281,10 @@ impl Deployer {
         if req.image.app != spec.app {
             return Err(SpecError::new(
                 "image",
-                format!("{} is an image of {}, not of {}; deploy an image of {}", req.image, req.image.app, spec.app, spec.app),
+                format!(
+                    "{} is an image of {}, not of {}; deploy an image of {}",
+                    req.image, req.image.app, spec.app, spec.app
+                ),
             )
             .into());
         }
@@ -359,8 +362,11 @@ impl From<DeployError> for Halt {
 struct Outcome {
     result: DeployResult,
     message: Option<String>,
-    /// True when the state file can go idle: traffic is known to be on `state.old`.
+    /// True when the state file can go idle: traffic is known to be on `state.old`. Otherwise
+    /// the state keeps its phase for the next run to settle.
     settled: bool,
+    /// The container traffic is on afterwards, when known.
+    serving: Option<Slot>,
 }
 
 enum Drained {
@@ -582,7 +588,7 @@ impl Run<'_> {
             Err(Halt::Fail(reason)) => self.abandon(reason).await?,
         };
 
-        let serving_slot = if outcome.settled { self.state.old.clone() } else { None };
+        let serving_slot = outcome.serving.clone();
         let mut report = DeployReport {
             deploy_id: Some(deploy_id),
             app: self.spec.app.clone(),
@@ -628,38 +634,9 @@ impl Run<'_> {
 
         // ---- 2. start
         let t = Instant::now();
-        // Whatever holds the new color's name is a leftover of a deploy that failed or was
-        // interrupted, or a color that served long ago: traffic is on the other color or
-        // nowhere, so it serves nothing and goes.
-        self.remove_color(color).await?;
-        let port = self.spec.ports.port(color);
-        if let Some(problem) = port_in_use(self.spec.bind, port) {
-            return Err(Halt::Fail(format!(
-                "host port {} (ports.{color}) {problem}; free it or change ports.{color}",
-                show_addr(self.spec.bind, port)
-            )));
-        }
-        let env = self.spec.container_env().map_err(|e| Halt::Fail(e.to_string()))?;
-        self.secrets = env.iter().map(|(_, v)| v.expose().to_owned()).collect();
-        let spec = self.container_spec(color, &new.image, env);
-        let id = self.d.engine.create_container(&spec).await.map_err(|e| Halt::Fail(format!("creating {name}: {e}")))?;
-        if let Some(slot) = &mut self.state.new {
-            slot.container_id = Some(id.clone());
-        }
-        self.save(Phase::Starting).await?;
-        if let Err(e) = self.d.engine.start_container(&id).await {
-            let text = e.to_string();
-            let hint = if text.contains("already in use") || text.contains("already allocated") {
-                format!(
-                    "host port {} (ports.{color}) is taken: {text}; free it or change ports.{color}",
-                    show_addr(self.spec.bind, port)
-                )
-            } else {
-                format!("starting {name}: {text}")
-            };
-            return Err(Halt::Fail(hint));
-        }
+        let started = self.start_new(&new).await;
         timings.insert("start".into(), t.elapsed());
+        let id = started?;
 
         // ---- 3. health
         // Traffic is still on the old container; the new one must earn it.
@@ -698,8 +675,13 @@ impl Run<'_> {
             // Traffic may have moved: go back explicitly. From here on nothing may turn into a
             // `Halt::Fail`, whose undo (removing the new container) is only right before the
             // switch; errors are fatal (the state file keeps the phase for the next run).
-            return self.roll_back(format!("switching traffic to {to} failed: {e}"), false, timings).await.map_err(Halt::Fatal);
+            return self
+                .roll_back(format!("switching traffic to {to} failed: {e}"), false, timings)
+                .await
+                .map_err(Halt::Fatal);
         }
+        // The switch returned: traffic is on the new container. A crash from here on finds
+        // `verifying` and keeps traffic there if the new container still passes its check.
         self.state.switched_at = Some(self.now());
         self.save(Phase::Verifying).await?;
 
@@ -735,11 +717,14 @@ impl Run<'_> {
                 false
             }
         };
-        // The new container becomes the one serving.
-        self.state.old = Some(Slot { color, container_id: Some(id), image: new.image.clone() });
+        let serving = Slot { color, container_id: Some(id), image: new.image.clone() };
         if settled {
+            // The new container becomes the one serving.
+            self.state.old = Some(serving.clone());
             self.state.new = None;
         }
+        // Otherwise the state file stays `draining` with `old` (to drain) and `new` (serving):
+        // exactly what the next start's recovery finishes.
         // Older images go, the newest `keep_images` stay for an instant rollback; images a
         // container uses are never removed.
         match ship::remove_old_images(&*self.d.engine, &parse_image(&new.image), self.spec.keep_images).await {
@@ -747,13 +732,55 @@ impl Run<'_> {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not remove old images"),
         }
-        Ok(Outcome { result: DeployResult::Succeeded, message, settled })
+        Ok(Outcome { result: DeployResult::Succeeded, message, settled, serving: Some(serving) })
+    }
+
+    /// Step 2: creates and starts the new color's container; its id.
+    async fn start_new(&mut self, new: &Slot) -> Result<String, Halt> {
+        let color = new.color;
+        let name = self.name(color);
+        // Whatever holds the new color's name is a leftover of a deploy that failed or was
+        // interrupted, or a color that served long ago: traffic is on the other color or
+        // nowhere, so it serves nothing and goes.
+        self.remove_color(color).await?;
+        let port = self.spec.ports.port(color);
+        if let Some(problem) = port_in_use(self.spec.bind, port) {
+            return Err(Halt::Fail(format!(
+                "host port {} (ports.{color}) {problem}; free it or change ports.{color}",
+                show_addr(self.spec.bind, port)
+            )));
+        }
+        let env = self.spec.container_env().map_err(|e| Halt::Fail(e.to_string()))?;
+        self.secrets = env.iter().map(|(_, v)| v.expose().to_owned()).collect();
+        let spec = self.container_spec(color, &new.image, env);
+        let id =
+            self.d.engine.create_container(&spec).await.map_err(|e| Halt::Fail(format!("creating {name}: {e}")))?;
+        // Recorded as soon as the engine answers. A crash before this line leaves a container
+        // the state file does not name; recovery removes by name, so it goes all the same.
+        if let Some(slot) = &mut self.state.new {
+            slot.container_id = Some(id.clone());
+        }
+        self.save(Phase::Starting).await?;
+        if let Err(e) = self.d.engine.start_container(&id).await {
+            let text = e.to_string();
+            let hint = if text.contains("already in use") || text.contains("already allocated") {
+                format!(
+                    "host port {} (ports.{color}) is taken: {text}; free it or change ports.{color}",
+                    show_addr(self.spec.bind, port)
+                )
+            } else {
+                format!("starting {name}: {text}")
+            };
+            return Err(Halt::Fail(hint));
+        }
+        Ok(id)
     }
 
     /// Undoes a deploy before its switch: traffic never reached the new container, so removing
     /// it leaves everything as before.
     async fn abandon(&mut self, reason: String) -> Result<Outcome, DeployError> {
         let color = self.state.new.as_ref().map(|s| s.color);
+        let created = self.state.new.as_ref().is_some_and(|s| s.container_id.is_some());
         let kept = Self::describe(self.state.old.as_ref());
         let removed = match color {
             Some(c) => self.remove_color(c).await,
@@ -762,8 +789,13 @@ impl Run<'_> {
         Ok(match removed {
             Ok(()) => Outcome {
                 result: DeployResult::Failed,
-                message: Some(format!("{reason}; the new container was removed and traffic stays on {kept}")),
+                message: Some(if created {
+                    format!("{reason}; the new container was removed and traffic stays on {kept}")
+                } else {
+                    format!("{reason}; traffic stays on {kept}")
+                }),
                 settled: true,
+                serving: self.state.old.clone(),
             },
             // The phase stays as it is: the next run removes it (a container of the new color
             // never had traffic before the switch).
@@ -773,6 +805,7 @@ impl Run<'_> {
                     "{reason}; removing the new container failed too ({e}), the next run removes it; traffic stays on {kept}"
                 )),
                 settled: false,
+                serving: self.state.old.clone(),
             },
         })
     }
@@ -806,9 +839,15 @@ impl Run<'_> {
             Some(old) if old_runs => match self.d.traffic.switch(&self.upstream(old.color)).await {
                 Ok(()) => {
                     self.state.switched_at = Some(self.now());
-                    let removal = match self.remove_color(new.color).await {
-                        Ok(()) => "the new container was removed".to_owned(),
-                        Err(e) => format!("removing the new container failed ({e}); the next deploy removes it"),
+                    // The new container may still be answering requests accepted while it had
+                    // traffic (nginx's previous workers finish theirs): it gets the same grace
+                    // an old container gets before it is removed.
+                    let (removal, settled) = match self.drain(old.color).await {
+                        Drained::Done => ("the new container was removed".to_owned(), true),
+                        Drained::Leftover(warning) => (warning, true),
+                        // Left for the next start: the state file stays `rolling-back`, whose
+                        // recovery puts traffic on the old container again and drains the new.
+                        Drained::Deferred(note) => (note, false),
                     };
                     Outcome {
                         result: DeployResult::RolledBack,
@@ -816,7 +855,8 @@ impl Run<'_> {
                             "{reason}; traffic is back on {}, {removal}",
                             Self::describe(Some(&old))
                         )),
-                        settled: true,
+                        settled,
+                        serving: Some(old.clone()),
                     }
                 }
                 // Neither direction is certain. Both containers run and both passed their
@@ -829,6 +869,7 @@ impl Run<'_> {
                         Self::describe(Some(&old))
                     )),
                     settled: false,
+                    serving: None,
                 },
             },
             _ => {
@@ -841,10 +882,10 @@ impl Run<'_> {
                 if switched {
                     self.state.old = Some(new.clone());
                     self.state.new = None;
-                    Outcome { result: DeployResult::Failed, message: Some(message), settled: true }
+                    Outcome { result: DeployResult::Failed, message: Some(message), settled: true, serving: Some(new) }
                 } else {
                     // Where traffic went is unknown: the next run re-applies the switch.
-                    Outcome { result: DeployResult::Failed, message: Some(message), settled: false }
+                    Outcome { result: DeployResult::Failed, message: Some(message), settled: false, serving: None }
                 }
             }
         };
@@ -913,7 +954,8 @@ impl Run<'_> {
             }
         };
         if info.running {
-            let since = self.state.switched_at.map_or(Duration::ZERO, |t| (self.now() - t).to_std().unwrap_or_default());
+            let since =
+                self.state.switched_at.map_or(Duration::ZERO, |t| (self.now() - t).to_std().unwrap_or_default());
             let wait = self.spec.drain.saturating_sub(since);
             if !wait.is_zero() {
                 tokio::select! {
@@ -1061,7 +1103,8 @@ impl Run<'_> {
         // After `verifying` and `draining` the switch had returned, so a driver record naming
         // this upstream is what routes. After `switching` and `rolling-back` the record may be
         // ahead of what routes (the nginx file renamed, the reload not done): apply it again.
-        let trusted = matches!(found, Phase::Verifying | Phase::Draining) && current.as_ref().is_some_and(|c| c.same_as(&up));
+        let trusted =
+            matches!(found, Phase::Verifying | Phase::Draining) && current.as_ref().is_some_and(|c| c.same_as(&up));
         if !trusted {
             self.d.traffic.switch(&up).await.map_err(|e| DeployError::Incomplete {
                 app: self.spec.app.to_string(),
@@ -1085,13 +1128,16 @@ impl Run<'_> {
         let (result, action) = if forward {
             (
                 DeployResult::Succeeded,
-                format!("the deploy was interrupted during {found}; completed it: traffic is on {}", Self::describe(Some(&chosen))),
+                format!(
+                    "the deploy was interrupted during {found}; completed it: traffic is on {}",
+                    Self::describe(Some(&chosen))
+                ),
             )
         } else {
             (
                 DeployResult::RolledBack,
                 format!(
-                    "the deploy was interrupted during {found} and its new container is not healthy; traffic is back on {}",
+                    "the deploy was interrupted during {found}; traffic is back on {} and the new container was removed",
                     Self::describe(Some(&chosen))
                 ),
             )
@@ -1102,7 +1148,12 @@ impl Run<'_> {
 
     /// Audits the settled deploy (a record of its own, `...-recovered`, so it never collides
     /// with one the interrupted run may have written) and makes the state idle.
-    async fn finish_recovery(&mut self, result: DeployResult, action: &str, new: Option<&Slot>) -> Result<(), DeployError> {
+    async fn finish_recovery(
+        &mut self,
+        result: DeployResult,
+        action: &str,
+        new: Option<&Slot>,
+    ) -> Result<(), DeployError> {
         if let Some(image) = new.and_then(|n| ImageRef::parse(&n.image).ok()) {
             let report = DeployReport {
                 deploy_id: self.state.deploy_id.clone(),

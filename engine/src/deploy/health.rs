@@ -174,9 +174,8 @@ impl HealthCheck<'_> {
 /// none, within `timeout`.
 pub async fn http_status(host: &str, port: u16, path: &str, timeout: Duration) -> Result<u16, String> {
     let attempt = async {
-        let mut socket = tokio::net::TcpStream::connect((host, port))
-            .await
-            .map_err(|e| format!("could not connect ({e})"))?;
+        let mut socket =
+            tokio::net::TcpStream::connect((host, port)).await.map_err(|e| format!("could not connect ({e})"))?;
         let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: s3dock\r\nAccept: */*\r\nConnection: close\r\n\r\n"

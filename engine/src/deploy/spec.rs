@@ -248,7 +248,9 @@ impl TrafficConfig {
                         if !ok {
                             return Err(SpecError::new(
                                 "traffic.upstream_name",
-                                format!("{name:?} is not an nginx upstream name; use letters, digits, '_', '.' and '-'"),
+                                format!(
+                                    "{name:?} is not an nginx upstream name; use letters, digits, '_', '.' and '-'"
+                                ),
                             ));
                         }
                         name.clone()
@@ -305,7 +307,9 @@ fn command_or(field: &str, given: &Option<Vec<String>>, default: &[&str]) -> Res
     match given {
         None => Ok(default.iter().map(|s| (*s).to_owned()).collect()),
         Some(argv) if !argv.is_empty() && !argv[0].is_empty() => Ok(argv.clone()),
-        Some(_) => Err(SpecError::new(field, "is empty; give the program and its arguments, or remove it for the default")),
+        Some(_) => {
+            Err(SpecError::new(field, "is empty; give the program and its arguments, or remove it for the default"))
+        }
     }
 }
 
@@ -502,7 +506,10 @@ impl DeploySpec {
         if !h.path.starts_with('/') || h.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return err(
                 "health.path",
-                format!("{:?} is not a request path; start it with '/' and leave out spaces, e.g. \"/healthz\"", h.path),
+                format!(
+                    "{:?} is not a request path; start it with '/' and leave out spaces, e.g. \"/healthz\"",
+                    h.path
+                ),
             );
         }
         if h.interval.is_zero() {

@@ -155,7 +155,10 @@ impl StateError {
         match self {
             StateError::Busy { .. } => true,
             StateError::Io { source, .. } => {
-                matches!(source.kind(), io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                )
             }
             StateError::Corrupt { .. } => false,
         }
@@ -217,25 +220,14 @@ impl StateFiles {
     /// exits, so a crashed deployer never leaves it taken.
     pub async fn lock_service(&self, wait: Duration) -> Result<ServiceLock, StateError> {
         let path = self.lock();
-        let io_err = |source| StateError::Io { path: path.clone(), source };
-        std::fs::create_dir_all(&self.dir).map_err(io_err)?;
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err)?;
-        let deadline = Instant::now() + wait;
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(ServiceLock { _file: file }),
-                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(TryLockError::WouldBlock) => {
-                    return Err(StateError::Busy {
-                        app: self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                        env: self.env.clone(),
-                        path,
-                    });
-                }
-                Err(TryLockError::Error(source)) => return Err(StateError::Io { path, source }),
-            }
+        match lock_file(&path, wait).await {
+            Ok(Some(file)) => Ok(ServiceLock { _file: file }),
+            Ok(None) => Err(StateError::Busy {
+                app: self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                env: self.env.clone(),
+                path,
+            }),
+            Err(source) => Err(StateError::Io { path, source }),
         }
     }
 }
@@ -244,6 +236,28 @@ impl StateFiles {
 #[derive(Debug)]
 pub struct ServiceLock {
     _file: File,
+}
+
+/// Takes an exclusive `flock` on `path` (created if needed), polling for up to `wait`;
+/// `None` when someone else still holds it then. The lock lives as long as the returned file:
+/// the kernel drops it when the file is closed, including when its process dies. Two opens in
+/// the same process exclude each other too (flock locks belong to the open file).
+pub async fn lock_file(path: &Path, wait: Duration) -> io::Result<Option<File>> {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(TryLockError::WouldBlock) => return Ok(None),
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+    }
 }
 
 /// Replaces `path` with `bytes` so that a reader (or a restart after a crash) sees the old
@@ -330,7 +344,9 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert!(e.is_retryable() && e.to_string().contains("another deploy"), "{e}");
         drop(held);
-        files.lock_service(Duration::ZERO).await.unwrap();
+        // Not `Duration::ZERO`: a child another test is forking at this instant shares the lock
+        // file's description until it execs (the fd is close-on-exec), so the release can lag.
+        files.lock_service(Duration::from_secs(5)).await.unwrap();
     }
 
     #[test]

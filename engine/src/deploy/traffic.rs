@@ -24,7 +24,7 @@ use s3dock_core::names::{AppName, EnvName};
 use serde::{Deserialize, Serialize};
 
 use super::spec::{Color, ColorPorts, DeploySpec, DriverConfig, SpecError};
-use super::state::{StateFiles, remove_durably, write_atomic};
+use super::state::{StateFiles, lock_file, remove_durably, write_atomic};
 
 /// Where traffic goes: one color's published port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +38,11 @@ pub struct Upstream {
 impl Upstream {
     /// `host:port`, with IPv6 addresses in brackets.
     pub fn address(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     /// The same color and address.
@@ -317,6 +321,11 @@ pub struct NginxConfig {
 
 /// `driver = "nginx"`. The switch, step by step:
 ///
+/// 0. Take the lock of the upstream file's directory (`.s3dock-nginx.lock`, an `flock`). A
+///    reload loads every upstream file, so the switches of all services behind one nginx, in
+///    this process or another, run one at a time: another service's reload must not land
+///    between this service's write and a check that fails (nginx would then run a file this
+///    switch is about to restore).
 /// 1. Keep the current file's bytes (or its absence): that is what a failure restores.
 /// 2. Write the new file atomically (temporary file, fsync, rename, fsync of the directory):
 ///    nginx never reads half a file, even if the host dies mid-write.
@@ -333,12 +342,14 @@ pub struct NginxConfig {
 #[derive(Debug)]
 pub struct NginxSwitch {
     cfg: NginxConfig,
-    lock: tokio::sync::Mutex<()>,
 }
+
+/// The lock shared by every nginx switch whose upstream file is in the same directory.
+const NGINX_LOCK_FILE: &str = ".s3dock-nginx.lock";
 
 impl NginxSwitch {
     pub fn new(cfg: NginxConfig) -> Self {
-        NginxSwitch { cfg, lock: tokio::sync::Mutex::new(()) }
+        NginxSwitch { cfg }
     }
 
     /// The file's content for `to`.
@@ -403,7 +414,11 @@ impl TrafficSwitch for NginxSwitch {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
-                return Err(TrafficError::Io { context: format!("reading {}", path.display()), source, unchanged: true });
+                return Err(TrafficError::Io {
+                    context: format!("reading {}", path.display()),
+                    source,
+                    unchanged: true,
+                });
             }
         };
         let parsed = self.parse(&text);
@@ -417,9 +432,25 @@ impl TrafficSwitch for NginxSwitch {
     }
 
     async fn switch(&self, to: &Upstream) -> Result<(), TrafficError> {
-        let _one = self.lock.lock().await;
         let path = &self.cfg.upstream_file;
         let io = |context: String, unchanged: bool| move |source| TrafficError::Io { context, source, unchanged };
+        // 0. One switch at a time per nginx. The wait covers another switch's two commands.
+        let lock_path = path.parent().unwrap_or(Path::new(".")).join(NGINX_LOCK_FILE);
+        let _lock = match lock_file(&lock_path, self.cfg.timeout * 2).await {
+            Ok(Some(file)) => file,
+            Ok(None) => {
+                return Err(TrafficError::Command {
+                    command: "nginx switch".into(),
+                    detail: format!(
+                        "another switch held {} for more than {}s",
+                        lock_path.display(),
+                        (self.cfg.timeout * 2).as_secs()
+                    ),
+                    unchanged: true,
+                });
+            }
+            Err(e) => return Err(io(format!("locking {}", lock_path.display()), true)(e)),
+        };
         // 1. What a failure restores.
         let previous = match std::fs::read(path) {
             Ok(bytes) => Some(bytes),
@@ -546,7 +577,11 @@ mod tests {
         let n = nginx(fresh.path(), sh("exit 1"), sh("true"));
         n.switch(&up(Color::Blue, 18080)).await.unwrap_err();
         assert!(!n.cfg.upstream_file.exists());
-        assert_eq!(std::fs::read_dir(n.cfg.upstream_file.parent().unwrap()).unwrap().count(), 0, "no temp file");
+        let left: Vec<_> = std::fs::read_dir(n.cfg.upstream_file.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [NGINX_LOCK_FILE], "no temporary file is left");
     }
 
     #[tokio::test]
@@ -560,12 +595,30 @@ mod tests {
         assert!(e.to_string().contains("no pid file"), "{e}");
         assert_eq!(n.current().await.unwrap(), Some(up(Color::Blue, 18080)));
         let slow = nginx(dir.path(), sh("sleep 5"), sh("true"));
-        let slow = NginxSwitch { cfg: NginxConfig { timeout: Duration::from_millis(200), ..slow.cfg }, ..slow };
+        let slow = NginxSwitch { cfg: NginxConfig { timeout: Duration::from_millis(200), ..slow.cfg } };
         let started = std::time::Instant::now();
         let e = slow.switch(&up(Color::Green, 18081)).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(3), "killed at the timeout");
         assert!(e.to_string().contains("did not finish"), "{e}");
         assert_eq!(n.current().await.unwrap(), Some(up(Color::Blue, 18080)));
+    }
+
+    #[tokio::test]
+    async fn switches_of_one_nginx_run_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        // Each check records its start and end around a pause: overlapping switches would
+        // interleave the lines.
+        let test = sh(&format!("echo start >> {l}; sleep 0.3; echo end >> {l}", l = log.display()));
+        let a = nginx(dir.path(), test.clone(), sh("true"));
+        let mut b_cfg = nginx(dir.path(), test, sh("true")).cfg;
+        b_cfg.upstream_file = dir.path().join("conf.d").join("other.conf");
+        let b = NginxSwitch::new(b_cfg);
+        let (blue, green) = (up(Color::Blue, 18080), up(Color::Green, 18081));
+        let (ra, rb) = tokio::join!(a.switch(&blue), b.switch(&green));
+        ra.unwrap();
+        rb.unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "start\nend\nstart\nend\n");
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ mod support;
 
 mod build;
 mod containers;
+mod deploy;
 mod images;
 mod ship;
 mod version;

@@ -84,7 +84,8 @@ async fn pointers_into_another_app_or_to_an_unknown_one_notify_nobody() {
         assert!(archived_to.is_empty(), "a pointer is live state: reported, not moved");
         assert!(!reason.is_empty());
     }
-    // A pointer of an unknown app (no image, no agent): audited, and there is no one to tell.
+    // A pointer of an unknown app (no image, no agent): its image is not in the bucket, so it
+    // is audited as a reject, and there is no one to tell.
     put_raw(
         &*bed.store,
         "pointers/ghost/production.json",
@@ -93,9 +94,13 @@ async fn pointers_into_another_app_or_to_an_unknown_one_notify_nobody() {
     .await
     .unwrap();
     let report = f.process(&one("pointers/ghost/production.json"), &invocation()).await.unwrap();
-    assert!(matches!(&report.records[0].result, RecordResult::Handled(_)), "{:?}", report.records[0].result);
+    assert!(
+        matches!(&report.records[0].result, RecordResult::Handled(Outcome::Rejected { reason, .. }) if reason.contains("not in the bucket")),
+        "{:?}",
+        report.records[0].result
+    );
     assert!(bed.notifier.messages().is_empty(), "nobody notified: {:?}", bed.notifier.messages());
-    assert_eq!(bed.audit_of("reject").await.len(), 3, "one reject per bad pointer write");
+    assert_eq!(bed.audit_of("reject").await.len(), 4, "one reject per bad pointer write");
 }
 
 #[tokio::test]

@@ -1,0 +1,1009 @@
+//! Blue-green deploys against the real engine and a real nginx (Debian's, run as a child
+//! process with its own prefix, listening on a free 127.0.0.1 port).
+//!
+//! Without nginx the tests that need it skip with a message, unless `CI` is set, where that is
+//! a failure (like the engine itself, see `support::engine`).
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use s3dock_core::clock::SystemClock;
+use s3dock_core::docs::DeployDetails;
+use s3dock_core::names::{AppName, EnvName, ImageRef};
+use s3dock_core::registry::{EventMode, HistoryQuery, Registry};
+use s3dock_core::store::LocalStore;
+use s3dock_engine::deploy::{
+    Color, ColorPorts, DeployEvent, DeployObserver, DeployReport, DeployRequest, DeployResult, DeploySpec, Deployer,
+    HealthSpec, LABEL_APP, LABEL_COLOR, LABEL_ENV, LABEL_IMAGE, Phase, Secret, TrafficConfig, TrafficSwitch,
+    container_name, traffic_switch,
+};
+use s3dock_engine::{BollardEngine, ContainerFilter, DockerEngine, RestartPolicy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+const NGINX: &str = "/usr/sbin/nginx";
+/// The upstream name in each test's nginx (each test runs its own nginx).
+const UPSTREAM: &str = "s3dock_under_test";
+const ENV: &str = "production";
+const SECRET: &str = "s3cr3t-value-42";
+/// No deploy in these tests may take longer: a hang is a failure, not a stuck run.
+const DEPLOY_LIMIT: Duration = Duration::from_secs(120);
+
+/// Whether nginx is installed; without it, skip (or fail under CI).
+fn nginx_available() -> bool {
+    if Path::new(NGINX).exists() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set but {NGINX} is missing: apt-get install nginx");
+    }
+    eprintln!("SKIPPED: no nginx at {NGINX} (apt-get install nginx); set CI=1 to make this a failure");
+    false
+}
+
+macro_rules! nginx_or_skip {
+    () => {
+        if !nginx_available() {
+            return;
+        }
+    };
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn two_free_ports() -> ColorPorts {
+    // Both held at once, so they differ.
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    ColorPorts { blue: a.local_addr().unwrap().port(), green: b.local_addr().unwrap().port() }
+}
+
+/// nginx as a child process: `daemon off`, every path (pid, logs, temp) in its own directory,
+/// proxying `127.0.0.1:{port}` to the upstream s3dock writes. Stopped on drop.
+struct Nginx {
+    dir: tempfile::TempDir,
+    port: u16,
+    upstream_name: String,
+    child: Option<Child>,
+}
+
+impl Nginx {
+    /// Starts nginx with a hand-written upstream file naming `initial_port` (nothing listens
+    /// there yet: the state before a service's first deploy).
+    async fn start(upstream_name: &str, initial_port: u16) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        // Workers run as an unprivileged user when the tests run as root.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("conf.d")).unwrap();
+        std::fs::create_dir_all(p.join("tmp")).unwrap();
+        std::fs::write(
+            p.join("conf.d").join("upstream.conf"),
+            format!("upstream {upstream_name} {{\n    server 127.0.0.1:{initial_port};\n}}\n"),
+        )
+        .unwrap();
+        let port = free_port();
+        let d = p.display();
+        let conf = format!(
+            "daemon off;
+master_process on;
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log notice;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/client;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    include {d}/conf.d/*.conf;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://{upstream_name};
+            proxy_connect_timeout 2s;
+            proxy_read_timeout 5s;
+        }}
+    }}
+}}
+"
+        );
+        std::fs::write(p.join("nginx.conf"), conf).unwrap();
+        let mut nginx = Nginx { dir, port, upstream_name: upstream_name.to_owned(), child: None };
+        let child = Command::new(NGINX)
+            .args(nginx.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        nginx.child = Some(child);
+        // Bounded wait for it to listen.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return nginx;
+            }
+            if let Some(status) = nginx.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("nginx exited with {status}: {}", nginx.error_log());
+            }
+            assert!(Instant::now() < deadline, "nginx did not listen on 127.0.0.1:{port}: {}", nginx.error_log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let p = self.dir.path();
+        ["-p", &format!("{}/", p.display()), "-c", &p.join("nginx.conf").display().to_string(), "-e"]
+            .into_iter()
+            .map(String::from)
+            .chain([p.join("error.log").display().to_string()])
+            .collect()
+    }
+
+    fn upstream_file(&self) -> PathBuf {
+        self.dir.path().join("conf.d").join("upstream.conf")
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// The driver config a user would write for this nginx.
+    fn traffic(&self) -> TrafficConfig {
+        let mut test = vec![NGINX.to_owned(), "-t".into(), "-q".into()];
+        test.extend(self.args());
+        let mut reload = vec![NGINX.to_owned(), "-s".into(), "reload".into()];
+        reload.extend(self.args());
+        TrafficConfig {
+            upstream_name: Some(self.upstream_name.clone()),
+            test_command: Some(test),
+            reload_command: Some(reload),
+            ..TrafficConfig::nginx(self.upstream_file())
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new(NGINX).args(["-s", "stop"]).args(self.args()).stderr(Stdio::null()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.0, a new connection): status and whole response.
+async fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+        Ok(Ok(text)) => match text.split(' ').nth(1).and_then(|c| c.parse().ok()) {
+            Some(code) => Ok((code, text)),
+            None => Err(format!("not HTTP: {text:?}")),
+        },
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Polls nginx until `/` answers 200 with `marker` (a reload takes effect asynchronously),
+/// then requires 5 more answers in a row to be the same.
+async fn assert_serves(port: u16, marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let last = match get(port, "/").await {
+            Ok((200, body)) if body.contains(marker) => break,
+            Ok((code, body)) => format!("{code}: {body}"),
+            Err(e) => e,
+        };
+        assert!(Instant::now() < deadline, "nginx never served {marker:?}; last: {last}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        let (code, body) = get(port, "/").await.unwrap();
+        assert!(code == 200 && body.contains(marker), "expected {marker:?}, got {code}: {body}");
+    }
+}
+
+/// A bounded load loop: `workers` clients, each paced at `per_worker_rps`, each request a new
+/// connection through nginx, until stopped (or 120 s, or 100k requests).
+struct Load {
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    workers: Vec<tokio::task::JoinHandle<LoadCount>>,
+}
+
+#[derive(Debug, Default)]
+struct LoadCount {
+    ok: u64,
+    failed: u64,
+    failures: Vec<String>,
+    seen: BTreeSet<String>,
+}
+
+impl Load {
+    fn start(port: u16, markers: &[&str], workers: usize, per_worker_rps: u32) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let markers: Arc<Vec<String>> = Arc::new(markers.iter().map(|m| (*m).to_owned()).collect());
+        let handles = (0..workers)
+            .map(|_| {
+                let stop = stop.clone();
+                let markers = markers.clone();
+                tokio::spawn(async move {
+                    let mut count = LoadCount::default();
+                    let pace = Duration::from_secs(1) / per_worker_rps;
+                    let mut next = Instant::now();
+                    while !stop.load(Ordering::Relaxed)
+                        && started.elapsed() < Duration::from_secs(120)
+                        && count.ok + count.failed < 100_000
+                    {
+                        match get(port, "/").await {
+                            Ok((200, body)) if markers.iter().any(|m| body.contains(m.as_str())) => {
+                                count.ok += 1;
+                                if let Some(m) = markers.iter().find(|m| body.contains(m.as_str())) {
+                                    count.seen.insert(m.clone());
+                                }
+                            }
+                            other => {
+                                count.failed += 1;
+                                if count.failures.len() < 5 {
+                                    count.failures.push(format!("{other:?}"));
+                                }
+                            }
+                        }
+                        next += pace;
+                        let now = Instant::now();
+                        if next > now {
+                            tokio::time::sleep(next - now).await;
+                        } else {
+                            next = now;
+                        }
+                    }
+                    count
+                })
+            })
+            .collect();
+        Load { stop, started, workers: handles }
+    }
+
+    async fn finish(self) -> (LoadCount, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadCount::default();
+        for w in self.workers {
+            let c = w.await.unwrap();
+            total.ok += c.ok;
+            total.failed += c.failed;
+            total.failures.extend(c.failures);
+            total.seen.extend(c.seen);
+        }
+        (total, self.started.elapsed())
+    }
+}
+
+/// An image `FROM scratch` with busybox, serving `www` with httpd on 8080 unless `cmd` says
+/// otherwise, with the same Docker HEALTHCHECK as `support::httpd_app_files`.
+async fn build_image(
+    engine: &BollardEngine,
+    cleanup: &Cleanup,
+    app: &str,
+    tag: &str,
+    www: &[(&str, &str)],
+    cmd: Option<&str>,
+) -> ImageRef {
+    let cmd = cmd.unwrap_or(r#"["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]"#);
+    let dockerfile = format!(
+        "FROM scratch
+{}COPY busybox /bin/busybox
+COPY www /www
+EXPOSE 8080
+HEALTHCHECK --interval=1s --timeout=3s --retries=2 CMD [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8080/\"]
+CMD {cmd}
+",
+        isolating_label(app)
+    );
+    let mut files = vec![("Dockerfile".to_owned(), dockerfile.into_bytes()), ("busybox".to_owned(), busybox())];
+    for (name, content) in www {
+        files.push((format!("www/{name}"), content.as_bytes().to_vec()));
+    }
+    let image = ImageRef::parse(&format!("{app}:{tag}")).unwrap();
+    cleanup.image(image.to_string());
+    build_from_files(engine, &image.to_string(), &files).await;
+    image
+}
+
+/// A good version of the app: its page says `<h1>{marker}</h1>`, `/health.html` and
+/// `/ready.html` answer 200.
+async fn good_image(engine: &BollardEngine, cleanup: &Cleanup, app: &str, tag: &str, marker: &str) -> ImageRef {
+    let page = format!("<h1>{marker}</h1>\n");
+    build_image(
+        engine,
+        cleanup,
+        app,
+        tag,
+        &[("index.html", &page), ("health.html", "ok\n"), ("ready.html", "ready\n")],
+        None,
+    )
+    .await
+}
+
+/// Everything one test's service needs.
+struct Service {
+    engine: BollardEngine,
+    cleanup: Cleanup,
+    app: String,
+    spec: DeploySpec,
+    state_dir: tempfile::TempDir,
+    _bucket: tempfile::TempDir,
+    registry: Arc<Registry>,
+}
+
+impl Service {
+    fn new(engine: &BollardEngine, traffic: impl FnOnce(&str, ColorPorts) -> TrafficConfig) -> Service {
+        let app = unique_repo();
+        let ports = two_free_ports();
+        let cleanup = Cleanup::new(engine);
+        for color in Color::ALL {
+            cleanup.container(container_name(&AppName::parse(&app).unwrap(), &EnvName::parse(ENV).unwrap(), color));
+        }
+        let mut spec = DeploySpec::new(AppName::parse(&app).unwrap(), EnvName::parse(ENV).unwrap(), 8080, ports);
+        spec.health = HealthSpec {
+            path: "/health.html".into(),
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_secs(1),
+            successes: 3,
+            deadline: Duration::from_secs(20),
+        };
+        spec.drain = Duration::from_secs(1);
+        spec.stop_timeout = Duration::from_secs(1);
+        spec.keep_images = 10;
+        spec.env_vars.insert("APP_SECRET".into(), Secret::new(SECRET));
+        spec.traffic = Some(traffic(&app, ports));
+        spec.validate().unwrap();
+        let bucket = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::open(bucket.path()).unwrap());
+        let registry = Arc::new(Registry::new(store, Arc::new(SystemClock), "tester", EventMode::Inline));
+        Service {
+            engine: engine.clone(),
+            cleanup,
+            app,
+            spec,
+            state_dir: tempfile::tempdir().unwrap(),
+            _bucket: bucket,
+            registry,
+        }
+    }
+
+    /// A fresh driver and deployer over the same state directory: what a restarted agent has.
+    fn deployer(&self) -> (Deployer, Arc<dyn TrafficSwitch>) {
+        let traffic = traffic_switch(&self.spec, self.state_dir.path()).unwrap();
+        let deployer = Deployer::new(
+            Arc::new(self.engine.clone()),
+            traffic.clone(),
+            Arc::new(SystemClock),
+            self.state_dir.path(),
+            "test-host",
+        )
+        .with_audit(self.registry.clone(), "cli");
+        (deployer, traffic)
+    }
+
+    async fn deploy_with(&self, deployer: &Deployer, image: &ImageRef) -> DeployReport {
+        let mut req = DeployRequest::new(image.clone());
+        req.pointer_seq = Some(7);
+        let report = tokio::time::timeout(DEPLOY_LIMIT, deployer.deploy(&self.spec, &req, &CancellationToken::new()))
+            .await
+            .expect("the deploy finished in time")
+            .unwrap_or_else(|e| panic!("deploying {image}: {e}"));
+        eprintln!(
+            "deploy {image}: {} color={:?} timings={:?} message={:?}",
+            report.result,
+            report.color,
+            report.timings_ms(),
+            report.message
+        );
+        assert!(
+            !report.message.as_deref().unwrap_or_default().contains(SECRET),
+            "a secret leaked into the report: {:?}",
+            report.message
+        );
+        report
+    }
+
+    async fn deploy(&self, image: &ImageRef) -> DeployReport {
+        let (deployer, _) = self.deployer();
+        self.deploy_with(&deployer, image).await
+    }
+
+    /// The service's containers (any state).
+    async fn containers(&self) -> Vec<s3dock_engine::ContainerSummary> {
+        let filter = ContainerFilter::default().label(LABEL_APP, &self.app).label(LABEL_ENV, ENV);
+        self.engine.list_containers(&filter).await.unwrap()
+    }
+
+    /// Exactly one container of the service exists: it runs `image`, the driver routes to its
+    /// color, the state file is idle, and (with nginx) traffic gets `marker`.
+    async fn assert_one_serving(&self, image: &ImageRef, marker: &str, nginx: Option<&Nginx>) {
+        let containers = self.containers().await;
+        assert_eq!(containers.len(), 1, "exactly one container: {containers:#?}");
+        let c = &containers[0];
+        assert_eq!(c.state, "running", "{c:#?}");
+        assert_eq!(c.labels[LABEL_IMAGE], image.to_string());
+        let (_, traffic) = self.deployer();
+        let current = traffic.current().await.unwrap().expect("the driver routes somewhere");
+        assert_eq!(current.color.as_str(), c.labels[LABEL_COLOR], "traffic is on the running container");
+        assert_eq!(current.port, self.spec.ports.port(current.color));
+        let state = self.deployer().0.state(&self.spec).unwrap().unwrap();
+        assert_eq!(state.phase, Phase::Idle, "{state:#?}");
+        assert_eq!(state.old.as_ref().map(|s| s.color), Some(current.color), "{state:#?}");
+        if let Some(nginx) = nginx {
+            assert_serves(nginx.port, marker).await;
+        }
+    }
+
+    async fn audit_details(&self) -> Vec<(String, DeployDetails)> {
+        let app = AppName::parse(&self.app).unwrap();
+        let q = HistoryQuery { types: vec!["deploy".into(), "rollback".into()], ..Default::default() };
+        let mut out: Vec<(String, DeployDetails)> = self
+            .registry
+            .history(&app, &q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let r = e.record.unwrap();
+                assert_eq!(r.recorded_by.as_deref(), Some("cli"));
+                assert_eq!(r.user, "tester");
+                (r.event_type.clone(), serde_json::from_value(r.details).unwrap())
+            })
+            .collect();
+        out.reverse(); // oldest first
+        out
+    }
+}
+
+fn nginx_traffic(nginx: &Nginx) -> impl FnOnce(&str, ColorPorts) -> TrafficConfig + '_ {
+    move |_, _| nginx.traffic()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_image_takes_traffic_through_nginx_without_a_failed_request() {
+    let engine = engine_or_skip!();
+    nginx_or_skip!();
+    // nginx needs the upstream before it starts: a hand-written one, as a user has before the
+    // first deploy, naming a port where nothing listens yet.
+    let nginx = Nginx::start(UPSTREAM, free_port()).await;
+    let mut svc = Service::new(&engine, nginx_traffic(&nginx));
+    svc.spec.verify_url = Some(nginx.url("/ready.html"));
+    svc.spec.drain = Duration::from_secs(2);
+    let v1 = good_image(&engine, &svc.cleanup, &svc.app, "20250701-1000-a000001", "version one").await;
+    let v2 = good_image(&engine, &svc.cleanup, &svc.app, "20250702-1000-a000002", "version two").await;
+
+    // First deploy: no previous color.
+    let first = svc.deploy(&v1).await;
+    assert_eq!(first.result, DeployResult::Succeeded, "{first:?}");
+    assert!(first.previous_image.is_none());
+    svc.assert_one_serving(&v1, "version one", Some(&nginx)).await;
+    let first_color = first.color.unwrap();
+
+    // Second deploy under load: every request through nginx must succeed.
+    let load = Load::start(nginx.port, &["version one", "version two"], 4, 60);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = svc.deploy(&v2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (count, elapsed) = load.finish().await;
+    let rps = (count.ok + count.failed) as f64 / elapsed.as_secs_f64();
+    eprintln!(
+        "load during the switch: {} ok, {} failed in {:.1}s = {rps:.0} requests/s; saw {:?}; failures: {:?}",
+        count.ok,
+        count.failed,
+        elapsed.as_secs_f64(),
+        count.seen,
+        count.failures
+    );
+    assert_eq!(second.result, DeployResult::Succeeded, "{second:?}");
+    assert_eq!(second.color, Some(first_color.other()));
+    assert_eq!(second.previous_image.as_deref(), Some(v1.to_string().as_str()));
+    assert_eq!(count.failed, 0, "failed requests during the switch: {:?}", count.failures);
+    assert!(rps >= 100.0, "only {rps:.0} requests/s");
+    assert_eq!(count.seen.len(), 2, "traffic moved from one version to the other: {:?}", count.seen);
+    for phase in ["pull", "start", "health", "switch", "verify", "drain"] {
+        if phase == "pull" {
+            continue; // the caller's
+        }
+        assert!(second.timings.contains_key(phase), "{phase} missing from {:?}", second.timings);
+    }
+    svc.assert_one_serving(&v2, "version two", Some(&nginx)).await;
+    let old_name = container_name(&svc.spec.app, &svc.spec.env, first_color);
+    assert!(engine.inspect_container(&old_name).await.unwrap().is_none(), "the old container is gone");
+
+    // Deploying what serves is a no-op, and not audited.
+    let again = svc.deploy(&v2).await;
+    assert_eq!(again.result, DeployResult::Unchanged, "{again:?}");
+    assert!(again.audit.is_none());
+
+    let audit = svc.audit_details().await;
+    assert_eq!(audit.len(), 2, "{audit:#?}");
+    for (event, d) in &audit {
+        assert_eq!(event, "deploy");
+        assert_eq!(d.result, "succeeded");
+        assert_eq!(d.host, "test-host");
+        assert_eq!(d.environment, ENV);
+        assert_eq!(d.pointer_seq, Some(7));
+        assert!(d.timings_ms.contains_key("health") && d.timings_ms.contains_key("switch"), "{d:?}");
+    }
+    assert_eq!(audit[1].1.image_reference, v2.to_string());
+    assert_eq!(audit[1].1.previous_image.as_deref(), Some(v1.to_string().as_str()));
+    assert_eq!(audit[1].1.color.as_deref(), Some(first_color.other().as_str()));
+    assert!(
+        second.audit.as_ref().unwrap().as_ref().unwrap().as_str().contains("-deploy-a000002-production-test-host-")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_never_take_traffic_from_the_old_container() {
+    let engine = engine_or_skip!();
+    nginx_or_skip!();
+    let nginx = Nginx::start(UPSTREAM, free_port()).await;
+    let mut svc = Service::new(&engine, nginx_traffic(&nginx));
+    svc.spec.health.deadline = Duration::from_secs(4);
+    let app = svc.app.clone();
+    let v1 = good_image(&engine, &svc.cleanup, &app, "20250701-1000-b000001", "serving one").await;
+    let v2 = good_image(&engine, &svc.cleanup, &app, "20250702-1000-b000002", "serving two").await;
+    // Serves its page but not the health path: 404, never 2xx (Docker's check, on /, passes).
+    let no_health =
+        build_image(&engine, &svc.cleanup, &app, "20250703-1000-b000003", &[("index.html", "<h1>broken</h1>")], None)
+            .await;
+    // Exits at once, printing (a secret) on stderr.
+    let exits = build_image(
+        &engine,
+        &svc.cleanup,
+        &app,
+        "20250704-1000-b000004",
+        &[("index.html", "x")],
+        Some(r#"["/bin/busybox", "sh", "-c", "echo boom $APP_SECRET >&2; exit 3"]"#),
+    )
+    .await;
+    // Listens on another port than the one published: nothing ever answers the health check.
+    let deaf = build_image(
+        &engine,
+        &svc.cleanup,
+        &app,
+        "20250705-1000-b000005",
+        &[("index.html", "x"), ("health.html", "ok")],
+        Some(r#"["/bin/busybox", "httpd", "-f", "-p", "9090", "-h", "/www"]"#),
+    )
+    .await;
+
+    assert_eq!(svc.deploy(&v1).await.result, DeployResult::Succeeded);
+    svc.assert_one_serving(&v1, "serving one", Some(&nginx)).await;
+    let upstream_before = std::fs::read(nginx.upstream_file()).unwrap();
+
+    // A failing health check: no request may see anything but the old version meanwhile.
+    let load = Load::start(nginx.port, &["serving one"], 2, 50);
+    let bad = svc.deploy(&no_health).await;
+    let (count, _) = load.finish().await;
+    assert_eq!(bad.result, DeployResult::Failed);
+    let msg = bad.message.clone().unwrap();
+    assert!(msg.contains("did not become healthy") && msg.contains("HTTP 404"), "{msg}");
+    assert!(msg.contains("traffic stays on"), "{msg}");
+    assert_eq!(count.failed, 0, "the failing image got traffic: {:?}", count.failures);
+    assert!(count.ok > 0);
+    assert_eq!(std::fs::read(nginx.upstream_file()).unwrap(), upstream_before, "the upstream never changed");
+    svc.assert_one_serving(&v1, "serving one", Some(&nginx)).await;
+
+    // An image that exits at once fails fast, with its exit code and (redacted) output.
+    svc.spec.restart = RestartPolicy::No;
+    let started = Instant::now();
+    let exited = svc.deploy(&exits).await;
+    assert_eq!(exited.result, DeployResult::Failed);
+    let msg = exited.message.clone().unwrap();
+    assert!(msg.contains("exited with status 3") && msg.contains("boom ***"), "{msg}");
+    assert!(!msg.contains(SECRET), "{msg}");
+    assert!(started.elapsed() < svc.spec.health.deadline, "failed fast, not at the deadline");
+    svc.spec.restart = RestartPolicy::UnlessStopped;
+    // Under a restart policy Docker restarts it; still a fast failure.
+    let started = Instant::now();
+    let restarting = svc.deploy(&exits).await;
+    assert_eq!(restarting.result, DeployResult::Failed);
+    assert!(restarting.message.as_deref().unwrap().contains("boom ***"), "{restarting:?}");
+    assert!(started.elapsed() < svc.spec.health.deadline);
+    svc.assert_one_serving(&v1, "serving one", Some(&nginx)).await;
+
+    // Nothing answers on the health path: the deadline.
+    let deaf_report = svc.deploy(&deaf).await;
+    assert_eq!(deaf_report.result, DeployResult::Failed);
+    let msg = deaf_report.message.clone().unwrap();
+    assert!(msg.contains("not healthy within 4s") && msg.contains("raise health.deadline"), "{msg}");
+    svc.assert_one_serving(&v1, "serving one", Some(&nginx)).await;
+
+    // The next color's port is taken by another process.
+    let serving = svc.deployer().0.state(&svc.spec).unwrap().unwrap().old.unwrap().color;
+    let next = serving.other();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", svc.spec.ports.port(next))).unwrap();
+    let taken = svc.deploy(&v2).await;
+    drop(squatter);
+    assert_eq!(taken.result, DeployResult::Failed);
+    let msg = taken.message.clone().unwrap();
+    assert!(msg.contains("in use") && msg.contains(&format!("ports.{next}")), "{msg}");
+    svc.assert_one_serving(&v1, "serving one", Some(&nginx)).await;
+
+    // nginx's configuration is broken (by someone else): `nginx -t` refuses, nothing is
+    // reloaded, the upstream file is restored byte for byte, the old version keeps serving.
+    let broken = nginx.dir.path().join("conf.d").join("broken.conf");
+    std::fs::write(&broken, "this is not nginx;\n").unwrap();
+    let refused = svc.deploy(&v2).await;
+    assert_eq!(refused.result, DeployResult::Failed);
+    let msg = refused.message.clone().unwrap();
+    assert!(msg.contains("refused the configuration") && msg.contains("unknown directive"), "{msg}");
+    assert_eq!(std::fs::read(nginx.upstream_file()).unwrap(), upstream_before, "restored");
+    svc.assert_one_serving(&v1, "serving one", Some(&nginx)).await;
+    std::fs::remove_file(&broken).unwrap();
+
+    // Fixed: the same deploy goes through.
+    assert_eq!(svc.deploy(&v2).await.result, DeployResult::Succeeded);
+    svc.assert_one_serving(&v2, "serving two", Some(&nginx)).await;
+
+    let audit = svc.audit_details().await;
+    let results: Vec<&str> = audit.iter().map(|(_, d)| d.result.as_str()).collect();
+    assert_eq!(results, ["succeeded", "failed", "failed", "failed", "failed", "failed", "failed", "succeeded"]);
+    for (_, d) in &audit {
+        assert!(!d.message.as_deref().unwrap_or_default().contains(SECRET));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_verification_switches_back() {
+    let engine = engine_or_skip!();
+    nginx_or_skip!();
+    let nginx = Nginx::start(UPSTREAM, free_port()).await;
+    let mut svc = Service::new(&engine, nginx_traffic(&nginx));
+    // Verified through nginx, on a page the new version lacks.
+    svc.spec.verify_url = Some(nginx.url("/ready.html"));
+    svc.spec.verify_deadline = Duration::from_secs(2);
+    let app = svc.app.clone();
+    let v1 = good_image(&engine, &svc.cleanup, &app, "20250701-1000-c000001", "steady one").await;
+    let unready = build_image(
+        &engine,
+        &svc.cleanup,
+        &app,
+        "20250702-1000-c000002",
+        &[("index.html", "<h1>unready</h1>"), ("health.html", "ok")],
+        None,
+    )
+    .await;
+    assert_eq!(svc.deploy(&v1).await.result, DeployResult::Succeeded);
+    let report = svc.deploy(&unready).await;
+    assert_eq!(report.result, DeployResult::RolledBack, "{report:?}");
+    let msg = report.message.clone().unwrap();
+    assert!(msg.contains("verification after the switch failed") && msg.contains("HTTP 404"), "{msg}");
+    assert!(msg.contains("traffic is back on"), "{msg}");
+    assert!(report.timings.contains_key("rollback"));
+    svc.assert_one_serving(&v1, "steady one", Some(&nginx)).await;
+    let audit = svc.audit_details().await;
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[1].0, "rollback");
+    assert_eq!(audit[1].1.result, "rolled-back");
+    assert!(report.audit.unwrap().unwrap().as_str().contains("-rollback-c000002-"));
+}
+
+/// Stops a deploy where it stands: at the first event `matches` accepts, it signals the test
+/// and never returns, and the test drops the deploy's future there (no cleanup code runs).
+#[derive(Debug)]
+struct CrashAt {
+    matches: fn(&DeployEvent) -> bool,
+    hit: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait::async_trait]
+impl DeployObserver for CrashAt {
+    async fn event(&self, event: &DeployEvent) {
+        if (self.matches)(event) {
+            self.hit.notify_one();
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deploy_killed_at_any_step_converges() {
+    let engine = engine_or_skip!();
+    nginx_or_skip!();
+    let nginx = Nginx::start(UPSTREAM, free_port()).await;
+    let mut svc = Service::new(&engine, nginx_traffic(&nginx));
+    svc.spec.drain = Duration::from_millis(500);
+    let app = svc.app.clone();
+    let v1 = good_image(&engine, &svc.cleanup, &app, "20250701-1000-d000001", "crash one").await;
+    let v2 = good_image(&engine, &svc.cleanup, &app, "20250702-1000-d000002", "crash two").await;
+    assert_eq!(svc.deploy(&v1).await.result, DeployResult::Succeeded);
+    svc.assert_one_serving(&v1, "crash one", Some(&nginx)).await;
+
+    #[derive(Clone, Copy, Debug)]
+    enum Tamper {
+        None,
+        /// The nginx file already names the new color, but nginx was never reloaded: a kill
+        /// between the driver's rename and its reload.
+        FileAheadOfNginx,
+        /// The new container disappeared after the switch.
+        RemoveNew,
+    }
+    type CrashPoint = (&'static str, fn(&DeployEvent) -> bool, Tamper);
+    let points: [CrashPoint; 7] = [
+        ("after start", |e| matches!(e, DeployEvent::Phase { phase: Phase::HealthCheck, .. }), Tamper::None),
+        ("mid health check", |e| matches!(e, DeployEvent::Probe { ok: true, streak: 1, .. }), Tamper::None),
+        (
+            "inside the switch",
+            |e| matches!(e, DeployEvent::Phase { phase: Phase::Switching, .. }),
+            Tamper::FileAheadOfNginx,
+        ),
+        ("after the switch", |e| matches!(e, DeployEvent::Phase { phase: Phase::Verifying, .. }), Tamper::None),
+        (
+            "after the switch, new container gone",
+            |e| matches!(e, DeployEvent::Phase { phase: Phase::Verifying, .. }),
+            Tamper::RemoveNew,
+        ),
+        ("mid drain", |e| matches!(e, DeployEvent::Phase { phase: Phase::Draining, .. }), Tamper::None),
+        ("before the switch", |e| matches!(e, DeployEvent::Phase { phase: Phase::Switching, .. }), Tamper::None),
+    ];
+    let mut serving = (v1.clone(), "crash one");
+    for (label, matches, tamper) in points {
+        let target = if serving.0 == v1 { (v2.clone(), "crash two") } else { (v1.clone(), "crash one") };
+        eprintln!("--- crash point: {label} (deploying {})", target.0);
+        let hit = Arc::new(tokio::sync::Notify::new());
+        let (deployer, _) = svc.deployer();
+        let deployer = Arc::new(deployer.with_observer(Arc::new(CrashAt { matches, hit: hit.clone() })));
+        let spec = svc.spec.clone();
+        let req = DeployRequest::new(target.0.clone());
+        let task = {
+            let deployer = deployer.clone();
+            tokio::spawn(async move { deployer.deploy(&spec, &req, &CancellationToken::new()).await })
+        };
+        tokio::time::timeout(Duration::from_secs(60), hit.notified())
+            .await
+            .unwrap_or_else(|_| panic!("{label}: never reached"));
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled(), "{label}: the deploy was dropped mid-way");
+        drop(deployer);
+
+        let state = svc.deployer().0.state(&svc.spec).unwrap().unwrap();
+        assert_ne!(state.phase, Phase::Idle, "{label}: the state file shows the deploy in flight");
+        let new_color = state.new.as_ref().unwrap().color;
+        match tamper {
+            Tamper::None => {}
+            Tamper::FileAheadOfNginx => {
+                let traffic = traffic_switch(&svc.spec, svc.state_dir.path()).unwrap();
+                let ahead = s3dock_engine::deploy::NginxSwitch::new(s3dock_engine::deploy::NginxConfig {
+                    app: svc.spec.app.clone(),
+                    env: svc.spec.env.clone(),
+                    ports: svc.spec.ports,
+                    upstream_file: nginx.upstream_file(),
+                    upstream_name: nginx.upstream_name.clone(),
+                    test_command: vec!["true".into()],
+                    reload_command: vec!["true".into()],
+                    timeout: Duration::from_secs(5),
+                });
+                let up = s3dock_engine::Upstream {
+                    host: "127.0.0.1".into(),
+                    port: svc.spec.ports.port(new_color),
+                    color: new_color,
+                };
+                ahead.switch(&up).await.unwrap();
+                assert_eq!(traffic.current().await.unwrap().unwrap().color, new_color, "the file is ahead");
+            }
+            Tamper::RemoveNew => {
+                engine.remove_container(&container_name(&svc.spec.app, &svc.spec.env, new_color), true).await.unwrap();
+            }
+        }
+
+        // The restart: a fresh deployer converges on the same target.
+        let (restarted, _) = svc.deployer();
+        let req = DeployRequest::new(target.0.clone());
+        let report = tokio::time::timeout(DEPLOY_LIMIT, restarted.converge(&svc.spec, &req, &CancellationToken::new()))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{label}: converge failed: {e}"));
+        eprintln!("{label}: recovered {:?}; then {} ({:?})", report.recovered, report.result, report.message);
+        let recovered = report.recovered.as_ref().expect("the interrupted deploy was settled");
+        assert_ne!(recovered.found, Phase::Idle);
+        assert!(matches!(report.result, DeployResult::Succeeded | DeployResult::Unchanged), "{label}: {report:?}");
+        svc.assert_one_serving(&target.0, target.1, Some(&nginx)).await;
+        serving = target;
+    }
+
+    // Killed while rolling back (a verification that fails), then converged on the same bad
+    // image: the old version ends up serving, alone, and the bad image never keeps traffic.
+    svc.spec.verify_url = Some(nginx.url("/ready.html"));
+    svc.spec.verify_deadline = Duration::from_secs(1);
+    let unready = build_image(
+        &engine,
+        &svc.cleanup,
+        &app,
+        "20250703-1000-d000003",
+        &[("index.html", "<h1>unready</h1>"), ("health.html", "ok")],
+        None,
+    )
+    .await;
+    let hit = Arc::new(tokio::sync::Notify::new());
+    let (deployer, _) = svc.deployer();
+    let deployer = Arc::new(deployer.with_observer(Arc::new(CrashAt {
+        matches: |e| matches!(e, DeployEvent::Phase { phase: Phase::RollingBack, .. }),
+        hit: hit.clone(),
+    })));
+    let task = {
+        let (deployer, spec, req) = (deployer.clone(), svc.spec.clone(), DeployRequest::new(unready.clone()));
+        tokio::spawn(async move { deployer.deploy(&spec, &req, &CancellationToken::new()).await })
+    };
+    tokio::time::timeout(Duration::from_secs(60), hit.notified()).await.expect("reached rolling-back");
+    task.abort();
+    let _ = task.await;
+    let (restarted, _) = svc.deployer();
+    let recovered = restarted.recover(&svc.spec, &CancellationToken::new()).await.unwrap();
+    eprintln!("rolling back: {recovered:?}");
+    assert_eq!(recovered.found, Phase::RollingBack);
+    svc.assert_one_serving(&serving.0, serving.1, Some(&nginx)).await;
+    let report = svc.deploy(&unready).await;
+    assert_eq!(report.result, DeployResult::RolledBack);
+    svc.assert_one_serving(&serving.0, serving.1, Some(&nginx)).await;
+
+    // Every interrupted deploy left exactly one record of its settlement.
+    let audit = svc.audit_details().await;
+    let recovered_records =
+        audit.iter().filter(|(_, d)| d.message.as_deref().is_some_and(|m| m.contains("was interrupted"))).count();
+    assert_eq!(recovered_records, 8, "{audit:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_command_driver_runs_the_users_program() {
+    let engine = engine_or_skip!();
+    let scripts = tempfile::tempdir().unwrap();
+    let calls = scripts.path().join("calls.log");
+    let script = scripts.path().join("switch-lb");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh
+echo \"$S3DOCK_UPSTREAM $S3DOCK_UPSTREAM_HOST $S3DOCK_UPSTREAM_PORT $S3DOCK_COLOR $S3DOCK_APP $S3DOCK_ENV\" >> {calls}
+if [ -e {dir}/fail-$S3DOCK_COLOR ]; then
+  echo 'calling the load balancer API' >&2
+  echo 'the load balancer said no' >&2
+  exit 7
+fi
+",
+            calls = calls.display(),
+            dir = scripts.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let svc = Service::new(&engine, |_, _| TrafficConfig::command(vec![script.display().to_string()]));
+    let app = svc.app.clone();
+    let v1 = good_image(&engine, &svc.cleanup, &app, "20250701-1000-e000001", "cmd one").await;
+    let v2 = good_image(&engine, &svc.cleanup, &app, "20250702-1000-e000002", "cmd two").await;
+
+    let first = svc.deploy(&v1).await;
+    assert_eq!((first.result, first.color), (DeployResult::Succeeded, Some(Color::Blue)));
+    svc.assert_one_serving(&v1, "", None).await;
+
+    // The program fails for green: traffic may have moved, so the deployer switches back.
+    std::fs::write(scripts.path().join("fail-green"), "").unwrap();
+    let refused = svc.deploy(&v2).await;
+    assert_eq!(refused.result, DeployResult::RolledBack, "{refused:?}");
+    let msg = refused.message.clone().unwrap();
+    assert!(msg.contains("exit status 7: calling the load balancer API | the load balancer said no"), "{msg}");
+    svc.assert_one_serving(&v1, "", None).await;
+
+    std::fs::remove_file(scripts.path().join("fail-green")).unwrap();
+    let second = svc.deploy(&v2).await;
+    assert_eq!((second.result, second.color), (DeployResult::Succeeded, Some(Color::Green)));
+    svc.assert_one_serving(&v2, "", None).await;
+
+    let (b, g) = (svc.spec.ports.blue, svc.spec.ports.green);
+    let line = |port: u16, color: &str| format!("127.0.0.1:{port} 127.0.0.1 {port} {color} {app} {ENV}");
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap().lines().collect::<Vec<_>>(),
+        [line(b, "blue"), line(g, "green"), line(b, "blue"), line(g, "green")]
+    );
+    let audit = svc.audit_details().await;
+    let summary: Vec<(&str, &str)> = audit.iter().map(|(e, d)| (e.as_str(), d.result.as_str())).collect();
+    assert_eq!(summary, [("deploy", "succeeded"), ("rollback", "rolled-back"), ("deploy", "succeeded")]);
+    assert_eq!(audit[2].1.previous_image.as_deref(), Some(v1.to_string().as_str()));
+}
+
+/// Fires the shutdown token at the first event `matches` accepts, and lets the deploy go on.
+#[derive(Debug)]
+struct ShutdownAt {
+    matches: fn(&DeployEvent) -> bool,
+    token: CancellationToken,
+}
+
+#[async_trait::async_trait]
+impl DeployObserver for ShutdownAt {
+    async fn event(&self, event: &DeployEvent) {
+        if (self.matches)(event) {
+            self.token.cancel();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_stops_a_deploy_at_a_safe_point() {
+    let engine = engine_or_skip!();
+    let mut svc = Service::new(&engine, |_, _| TrafficConfig::none());
+    let app = svc.app.clone();
+    let v1 = good_image(&engine, &svc.cleanup, &app, "20250701-1000-f000001", "shut one").await;
+    let v2 = good_image(&engine, &svc.cleanup, &app, "20250702-1000-f000002", "shut two").await;
+    assert_eq!(svc.deploy(&v1).await.result, DeployResult::Succeeded);
+    svc.spec.drain = Duration::from_secs(30);
+
+    // Already shut down: nothing starts.
+    let (deployer, _) = svc.deployer();
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    let err = deployer.deploy(&svc.spec, &DeployRequest::new(v2.clone()), &cancelled).await.unwrap_err();
+    assert!(err.to_string().contains("not started"), "{err}");
+    assert_eq!(svc.containers().await.len(), 1);
+
+    // Shutdown during the health check: the new container goes, the old one keeps serving.
+    let token = CancellationToken::new();
+    let (deployer, _) = svc.deployer();
+    let deployer = deployer.with_observer(Arc::new(ShutdownAt {
+        matches: |e| matches!(e, DeployEvent::Probe { ok: true, streak: 1, .. }),
+        token: token.clone(),
+    }));
+    let report = deployer.deploy(&svc.spec, &DeployRequest::new(v2.clone()), &token).await.unwrap();
+    assert_eq!(report.result, DeployResult::Failed, "{report:?}");
+    assert!(report.message.as_deref().unwrap().contains("shutdown during the health check"), "{report:?}");
+    svc.assert_one_serving(&v1, "", None).await;
+
+    // Shutdown during the drain: the switch is kept, the grace period is not cut short but
+    // left to the next start, which finishes it.
+    let token = CancellationToken::new();
+    let (deployer, _) = svc.deployer();
+    let deployer = deployer.with_observer(Arc::new(ShutdownAt {
+        matches: |e| matches!(e, DeployEvent::Phase { phase: Phase::Draining, .. }),
+        token: token.clone(),
+    }));
+    let started = Instant::now();
+    let report = deployer.deploy(&svc.spec, &DeployRequest::new(v2.clone()), &token).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20), "did not sit out the 30 s grace period");
+    assert_eq!(report.result, DeployResult::Succeeded, "{report:?}");
+    assert!(report.message.as_deref().unwrap().contains("the next start drains it"), "{report:?}");
+    let state = deployer.state(&svc.spec).unwrap().unwrap();
+    assert_eq!(state.phase, Phase::Draining);
+    assert_eq!(svc.containers().await.len(), 2, "the old container is left for the next start");
+    drop(deployer);
+
+    svc.spec.drain = Duration::from_secs(1);
+    let (restarted, _) = svc.deployer();
+    let recovered = restarted.recover(&svc.spec, &CancellationToken::new()).await.unwrap();
+    assert_eq!(recovered.found, Phase::Draining);
+    svc.assert_one_serving(&v2, "", None).await;
+}
