@@ -225,11 +225,12 @@ localstack_start() {
     mkdir -p "$LS_DIR/volume" "$LS_DIR/fs" "$LS_DIR/config"
     # SKIP_SSL_CERT_DOWNLOAD and DISABLE_EVENTS keep start-up offline (no certificate download,
     # no analytics); CONFIG_DIR keeps ~/.localstack profiles out; FILESYSTEM_ROOT keeps its files
-    # under the state dir.
+    # under the state dir. STS answers GetCallerIdentity (000000000000) for the CLI's inline
+    # agent notifications.
     spawn "$LS_DIR" env \
         GATEWAY_LISTEN="$HOST:$port" \
         LOCALSTACK_HOST="$HOST:$port" \
-        SERVICES=s3,sqs \
+        SERVICES=s3,sqs,sts \
         EAGER_SERVICE_LOADING=1 \
         DNS_ADDRESS=0 \
         SQS_ENDPOINT_STRATEGY=path \

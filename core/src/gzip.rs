@@ -76,9 +76,13 @@ fn compress_with(input: BoxReader, opts: GzipOptions, encode: Encode) -> BoxRead
     let opts =
         GzipOptions { level: opts.level.min(9), threads: opts.threads.max(1), block_size: opts.block_size.max(1) };
     let start = move || {
-        // The queue holds `threads` blocks: together with the one the producer holds and the
-        // one the reader is emitting, `threads + 2` blocks exist at most.
-        let (tx, rx) = mpsc::channel(opts.threads);
+        // The queue holds `threads + 2` jobs: with the one the reader is emitting and the one
+        // the producer holds, `threads + 4` blocks exist at most. Only `threads` of them are
+        // being compressed (input and output, two blocks' worth each); the others are either
+        // read and waiting, or compressed and waiting to be emitted (one block's worth each),
+        // hence memory of about `(threads + 2) * block_size * 2`. The two extra jobs let
+        // compression run on past a slow block that holds up the emitting order.
+        let (tx, rx) = mpsc::channel(opts.threads + 2);
         let producer = tokio::spawn(produce_members(input, opts, encode, tx));
         (rx, Some(producer.abort_handle()))
     };
@@ -106,11 +110,22 @@ async fn produce_members(mut input: BoxReader, opts: GzipOptions, encode: Encode
             break;
         }
         first = false;
-        // At most `threads` compressions at once: the permit is held by the job until its
-        // member is built. The semaphore is never closed, so acquiring cannot fail.
-        let Ok(permit) = running.clone().acquire_owned().await else { return };
+        let (running, reader) = (running.clone(), tx.clone());
+        let runtime = tokio::runtime::Handle::current();
         let job = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            // At most `threads` compressions at once. The job waits for its turn here (parking
+            // a blocking-pool thread) rather than the producer waiting before spawning it, so
+            // the next blocks are already read and waiting: when a compression ends the next
+            // one starts at once, instead of after the producer task and its read get
+            // scheduled on busy cores (which left a fifth of the CPU idle with one thread per
+            // core). The order jobs start in does not matter; the channel orders the output.
+            // The semaphore is never closed.
+            let Ok(_permit) = runtime.block_on(running.acquire_owned()) else {
+                return Err(io::Error::other("the gzip compressor was shut down"));
+            };
+            if reader.is_closed() {
+                return Err(io::Error::other("nobody reads the gzip output any more"));
+            }
             encode(&block, level)
         });
         // The channel's order is the output's order, whatever order the jobs finish in.
@@ -623,7 +638,7 @@ mod tests {
         assert_eq!(taken.load(Ordering::SeqCst), after_drop);
     }
 
-    /// The compressor reads ahead of its reader by at most `threads + 2` blocks, however long
+    /// The compressor reads ahead of its reader by at most `threads + 4` blocks, however long
     /// the stream: the blocks are the memory in flight. Every block of this input is the same,
     /// so the output's length tells exactly how many blocks the reader has consumed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,7 +655,7 @@ mod tests {
         let mut reader = compress(Box::pin(input), opts);
         let mut consumed = 0usize;
         let mut buf = vec![0u8; member];
-        let bound = |consumed: usize| ((consumed / member + threads + 2) * block) as u64;
+        let bound = |consumed: usize| ((consumed / member + threads + 4) * block) as u64;
 
         // Stall the reader mid-member a few times: the compressor fills its queue, then stops.
         reader.read_exact(&mut buf[..member / 2]).await.unwrap();
