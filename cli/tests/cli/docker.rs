@@ -273,3 +273,46 @@ fn an_interrupted_push_to_localstack_leaves_no_upload_and_no_metadata() {
     sb.run(&["push", &image]).ok().stdout_has("pushed");
     assert!(keys().iter().any(|k| k.ends_with(".json") && k.contains("/images/")));
 }
+
+/// A 1 MiB tmpfs mounted for the test, unmounted when dropped.
+struct TinyDisk(std::path::PathBuf);
+
+impl TinyDisk {
+    fn mount(at: &Path) -> Option<TinyDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", at.to_str().unwrap()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); the disk-full case is not checked");
+        }
+        ok.then(|| TinyDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_under_a_local_store_fails_cleanly() {
+    if !docker_available() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let Some(disk) = TinyDisk::mount(&sb.dir.path().join("tiny")) else { return };
+    let app = unique_app();
+    let _images = Images(app.clone());
+    let src = sb.dir.path().join("src");
+    committed_app(&src, &app, "too big for the disk", 0);
+    let image = sb.s3dock(&["build", &app, "--context", src.to_str().unwrap()]).ok().stdout.trim().to_owned();
+    let store = disk.0.join("store");
+    let r = sb.run(&["--store", store.to_str().unwrap(), "push", &image]);
+    let r = r.stderr_has("disk is full");
+    assert_ne!(r.code, 0);
+    assert!(keys_under(&snapshot(&store), "images/").is_empty(), "nothing visible under images/");
+}

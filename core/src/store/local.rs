@@ -102,7 +102,14 @@ impl LocalStore {
         .await;
         if let Err(e) = result {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(StoreError::io(format!("writing {key} to the local store {}", self.root.display()), e));
+            let hint = match e.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    " (the disk is full: free space there, or use another store; nothing was written)"
+                }
+                std::io::ErrorKind::PermissionDenied => " (check the directory's owner and permissions)",
+                _ => "",
+            };
+            return Err(StoreError::io(format!("writing {key} to the local store {}{hint}", self.root.display()), e));
         }
         Ok(tmp)
     }

@@ -5,6 +5,7 @@
 //! `S3DOCK_TEST_S3_ENDPOINT` they are skipped with a message, except in CI where they fail.
 //! `S3DOCK_TEST_S3_ENDPOINT=aws` plus `S3DOCK_TEST_BUCKET` runs them against real AWS.
 
+mod registry_concurrency;
 mod store_concurrency;
 mod store_contract;
 mod store_errors;
