@@ -508,7 +508,7 @@ pub struct DeployOutcome {
 }
 
 /// What an agent runs for its (app, env).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentState {
     /// `app:tag` serving traffic, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -526,6 +526,16 @@ pub struct AgentState {
     /// The pointer seq the agent last converged on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pointer_seq: Option<u64>,
+    /// The image the pointer resolved to at the agent's last reconcile (what it converges on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<String>,
+    /// Where the agent stands: `starting`, `converged`, `deploying`, `failed` (the last deploy
+    /// of `desired` did not succeed), `no-pointer`, `error` (the last reconcile could not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Why the last reconcile could not run (`status = "error"`), or why nothing is deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// `agents/{app}/{env}/{agent-id}.json`: an agent's registration, heartbeat and state. The

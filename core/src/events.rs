@@ -96,6 +96,15 @@ impl From<StoreError> for EventError {
 /// Delivers promotion messages to agent queues.
 #[async_trait]
 pub trait Notifier: Send + Sync + std::fmt::Debug {
+    /// Called once per fan-out, before the first [`Notifier::check_queue`], and only when a
+    /// registration names a queue: a notifier that must look something up first (the CLI's
+    /// asks STS for the account id its queue rules need) does it here, so promoting an
+    /// environment without agents costs no request. Failing here skips the notifications of
+    /// this fan-out (the agents converge at their next reconcile); the audit record is kept.
+    async fn prepare(&self) -> Result<(), EventError> {
+        Ok(())
+    }
+
     /// Whether messages may go to this queue (same account and region, a well-formed URL).
     fn check_queue(&self, queue_url: &str) -> Result<(), String>;
     async fn send(&self, queue_url: &str, body: &str) -> Result<(), EventError>;
@@ -158,6 +167,7 @@ pub async fn archive_copy(
 }
 
 /// Objects found bad, with what names their rejection in the audit trail.
+#[derive(Clone, Copy)]
 struct Suspect<'a> {
     app: &'a AppName,
     /// The archive month folder.
@@ -313,16 +323,11 @@ impl Handlers {
                     .await;
             }
         };
+        let suspect = Suspect { app, month: &month, keys: &pair, hash7: tag.hash7(), discriminator: &meta.checksum };
         let expected_ref = ImageRef::new(app.clone(), tag.clone()).to_string();
         if meta.app_name != app.as_str() || meta.image_tag != expected_ref {
             let reason = format!("metadata names {} ({}) but lives at {meta_key}", meta.image_tag, meta.app_name);
-            return self
-                .reject(
-                    Suspect { app, month: &month, keys: &pair, hash7: tag.hash7(), discriminator: &meta.checksum },
-                    reason,
-                    ev,
-                )
-                .await;
+            return self.reject(suspect, reason, ev).await;
         }
         let audit_key =
             layout::audit(app, meta.created_at, EventType::Push.as_str(), tag.hash7(), &[&meta.checksum[..8]]);
@@ -333,35 +338,11 @@ impl Handlers {
             Verification::Streamed(d) => {
                 let Some(info) = self.store.head(&archive_key).await? else {
                     let reason = format!("{archive_key} is missing");
-                    return self
-                        .reject(
-                            Suspect {
-                                app,
-                                month: &month,
-                                keys: &pair,
-                                hash7: tag.hash7(),
-                                discriminator: &meta.checksum,
-                            },
-                            reason,
-                            ev,
-                        )
-                        .await;
+                    return self.reject(suspect, reason, ev).await;
                 };
                 if info.size != d.size {
                     let reason = format!("{archive_key} holds {} bytes but {} were uploaded", info.size, d.size);
-                    return self
-                        .reject(
-                            Suspect {
-                                app,
-                                month: &month,
-                                keys: &pair,
-                                hash7: tag.hash7(),
-                                discriminator: &meta.checksum,
-                            },
-                            reason,
-                            ev,
-                        )
-                        .await;
+                    return self.reject(suspect, reason, ev).await;
                 }
                 (d, "streamed")
             }
@@ -383,31 +364,13 @@ impl Handlers {
                 }
                 Err(e) if e.is_not_found() => {
                     let reason = format!("{archive_key} is missing");
-                    return self
-                        .reject(
-                            Suspect {
-                                app,
-                                month: &month,
-                                keys: &pair,
-                                hash7: tag.hash7(),
-                                discriminator: &meta.checksum,
-                            },
-                            reason,
-                            ev,
-                        )
-                        .await;
+                    return self.reject(suspect, reason, ev).await;
                 }
                 Err(e) => return Err(e.into()),
             },
         };
         if let Err(mismatch) = crate::digest::verify((&meta).into(), &actual) {
-            return self
-                .reject(
-                    Suspect { app, month: &month, keys: &pair, hash7: tag.hash7(), discriminator: &meta.checksum },
-                    mismatch.to_string(),
-                    ev,
-                )
-                .await;
+            return self.reject(suspect, mismatch.to_string(), ev).await;
         }
         let mut rec = self.record(
             EventType::Push,
@@ -453,58 +416,24 @@ impl Handlers {
         let month = self.clock.now().format("%Y%m").to_string();
         let stem = layout::tag_archive_stem(version);
         let one = [(key.clone(), stem, layout::JSON_EXT)];
+        let canonical = version.canonical();
+        let tag_suspect = |hash7| Suspect { app, month: &month, keys: &one, hash7, discriminator: &canonical };
         let doc: TagDoc = match docs::decode(key.as_str(), &bytes) {
             Ok(d) => d,
             Err(e) => {
-                return self
-                    .reject(
-                        Suspect {
-                            app,
-                            month: &month,
-                            keys: &one,
-                            hash7: "unknown",
-                            discriminator: &version.canonical(),
-                        },
-                        e.to_string(),
-                        ev,
-                    )
-                    .await;
+                return self.reject(tag_suspect("unknown"), e.to_string(), ev).await;
             }
         };
         let image = match target_image(app, &doc.target_path) {
             Ok(i) => i,
             Err(reason) => {
-                return self
-                    .reject(
-                        Suspect {
-                            app,
-                            month: &month,
-                            keys: &one,
-                            hash7: "unknown",
-                            discriminator: &version.canonical(),
-                        },
-                        reason,
-                        ev,
-                    )
-                    .await;
+                return self.reject(tag_suspect("unknown"), reason, ev).await;
             }
         };
         let meta = find_metadata(&*self.store, &image).await?;
         if meta.is_none() {
             let reason = format!("{} targets {image}, which is not in the bucket", key);
-            return self
-                .reject(
-                    Suspect {
-                        app,
-                        month: &month,
-                        keys: &one,
-                        hash7: image.tag.hash7(),
-                        discriminator: &version.canonical(),
-                    },
-                    reason,
-                    ev,
-                )
-                .await;
+            return self.reject(tag_suspect(image.tag.hash7()), reason, ev).await;
         }
         // The version alone is not the tag's identity: a forced move away and back within a
         // minute writes two documents. The digest of this document's bytes is (and is the same
@@ -691,6 +620,7 @@ impl Handlers {
             .collect::<Vec<_>>()
             .await;
         let mut out = Vec::new();
+        let mut prepared = false;
         for (res, key) in regs {
             let Some((bytes, _)) = res? else { continue };
             let reg: AgentRegistration = match docs::decode(key.as_str(), &bytes) {
@@ -709,6 +639,15 @@ impl Handlers {
                 continue;
             }
             let Some(url) = reg.queue_url else { continue };
+            if let Some(n) = &self.notifier
+                && !prepared
+            {
+                if let Err(e) = n.prepare().await {
+                    tracing::warn!(error = %e, "cannot notify the agents of this promotion; they converge at their next reconcile");
+                    return Ok(vec![]);
+                }
+                prepared = true;
+            }
             if let Some(n) = &self.notifier
                 && let Err(why) = n.check_queue(&url)
             {

@@ -346,14 +346,7 @@ async fn fan_out_is_idempotent_and_skips_stale_or_foreign_agents() {
         queue_url: Some(queue.into()),
         host: format!("{id}.example"),
         last_heartbeat: clock.now() - Duration::minutes(age_min),
-        state: Some(AgentState {
-            image: None,
-            color: None,
-            since: None,
-            health: None,
-            last_deploy: None,
-            pointer_seq: None,
-        }),
+        state: Some(AgentState::default()),
         version: None,
     };
     for (id, q, age) in [
@@ -582,4 +575,60 @@ async fn verify_upload_records_a_good_push_once() {
         ("push", "tester", Some("AWS:AIDAEXAMPLE"))
     );
     assert_eq!(rec.details["verified"], "download");
+}
+
+/// Counts `prepare` calls, and fails them.
+#[derive(Debug, Default)]
+struct UnpreparedNotifier {
+    prepared: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl crate::events::Notifier for UnpreparedNotifier {
+    async fn prepare(&self) -> Result<(), crate::events::EventError> {
+        self.prepared.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(crate::events::EventError { message: "no account id".into(), retryable: false })
+    }
+    fn check_queue(&self, _: &str) -> Result<(), String> {
+        panic!("check_queue before a successful prepare")
+    }
+    async fn send(&self, _: &str, _: &str) -> Result<(), crate::events::EventError> {
+        panic!("send before a successful prepare")
+    }
+}
+
+#[tokio::test]
+async fn the_notifier_is_prepared_only_for_queues_and_its_failure_keeps_the_audit() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2025, 7, 22, 10, 18, 0).unwrap()));
+    seed_image(&*store, &img(A1), b"x", clock.now()).await.unwrap();
+    seed_image(&*store, &img(A2), b"y", clock.now()).await.unwrap();
+    let notifier = Arc::new(UnpreparedNotifier::default());
+    let reg = Registry::new(store.clone(), clock.clone(), "alice", EventMode::Inline).with_notifier(notifier.clone());
+    let prod = env("production");
+    // An agent without a queue (it only reconciles): nothing to prepare.
+    let mut reg_doc = AgentRegistration {
+        schema_version: Some(SCHEMA_VERSION),
+        agent_id: AgentId::parse("a1").unwrap(),
+        app_name: app("myapp"),
+        environment: prod.clone(),
+        queue_url: None,
+        host: "h".into(),
+        last_heartbeat: clock.now(),
+        state: None,
+        version: None,
+    };
+    let key = layout::agent(&app("myapp"), &prod, &reg_doc.agent_id);
+    store.put_bytes(&key, Bytes::from(docs::encode(&reg_doc)), Precondition::None).await.unwrap();
+    let p = reg.promote(&PromoteSource::Image(img(A1)), &prod).await.unwrap();
+    assert!(matches!(p.event, Some(Ok(Outcome::Recorded { ref notified, .. })) if notified.is_empty()), "{p:?}");
+    assert_eq!(notifier.prepared.load(std::sync::atomic::Ordering::SeqCst), 0, "lazy: no queue, no lookup");
+
+    // With a queue, the notifier is prepared once; its failure skips the messages, not the record.
+    reg_doc.queue_url = Some("https://sqs.us-east-1.amazonaws.com/111111111111/a1".into());
+    store.put_bytes(&key, Bytes::from(docs::encode(&reg_doc)), Precondition::None).await.unwrap();
+    let p = reg.promote(&PromoteSource::Image(img(A2)), &prod).await.unwrap();
+    assert!(matches!(p.event, Some(Ok(Outcome::Recorded { ref notified, .. })) if notified.is_empty()), "{p:?}");
+    assert_eq!(notifier.prepared.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(list_all(&*store, "audit/").await.unwrap().len(), 2, "both promotions audited");
 }

@@ -8,20 +8,22 @@
 //!   fan-out into a way to send messages where the writer could not. Only well-formed SQS
 //!   URLs in the configured account and region pass, and URLs on the configured custom
 //!   endpoint's host and port when there is one.
-//! - [`SqsNotifier`]: [`Notifier`] over SendMessage, checking every URL against the rules.
-//! - [`SqsQueue`]: receive (long poll), delete, change visibility, send, ARN; queues are
-//!   created with a dead-letter redrive policy through [`SqsClient::create_queue`].
+//! - [`SqsNotifier`]: [`Notifier`] over SendMessage, checking every URL against the rules;
+//!   [`LazySqsNotifier`] builds one on first use (the account id from the configuration or
+//!   from STS, [`caller_account`]).
+//! - [`SqsQueue`]: receive (long poll), delete, change visibility, send, ARN, attributes;
+//!   queues are created with a dead-letter redrive policy through [`SqsClient::create_queue`]
+//!   (or [`SqsQueue::set_attributes`] on an existing queue).
 //!
 //! Every SDK failure goes through [`map_error`], which decides whether a retry can help:
 //! throttling, 5xx and network trouble are retryable; access denied and a missing queue are
 //! not.
 
 use std::error::Error as StdError;
-use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::config::{BehaviorVersion, ProvideCredentials, Region, SharedCredentialsProvider};
+use aws_sdk_sqs::config::{BehaviorVersion, Region};
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -30,6 +32,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use sha2::{Digest, Sha256};
 
 use crate::events::{EventError, Notifier};
+use crate::store::s3::has_credentials_error;
 
 /// The region used when neither the configuration nor the AWS chain names one.
 pub const DEFAULT_REGION: &str = "us-east-1";
@@ -144,20 +147,7 @@ impl SqsClient {
                 cfg.read_timeout
             )));
         }
-        let retry = RetryConfig::standard().with_max_attempts(cfg.max_attempts);
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(cfg.connect_timeout)
-            .read_timeout(cfg.read_timeout)
-            .operation_timeout(cfg.operation_timeout)
-            .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry).timeout_config(timeouts);
-        if let Some(profile) = &cfg.aws_profile {
-            loader = loader.profile_name(profile);
-        }
-        if let Some(region) = &cfg.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        let sdk = loader.load().await;
+        let sdk = sdk_config(cfg).await;
         let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
         check_region(&region)
             .map_err(|why| invalid(format!("invalid SQS region from the AWS configuration: {why}")))?;
@@ -229,6 +219,85 @@ impl SqsClient {
             retryable: false,
         }
     }
+}
+
+/// The AWS SDK configuration for `cfg`: retries, timeouts, profile and region.
+async fn sdk_config(cfg: &SqsConfig) -> aws_config::SdkConfig {
+    let retry = RetryConfig::standard().with_max_attempts(cfg.max_attempts);
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(cfg.connect_timeout)
+        .read_timeout(cfg.read_timeout)
+        .operation_timeout(cfg.operation_timeout)
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry).timeout_config(timeouts);
+    if let Some(profile) = &cfg.aws_profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(region) = &cfg.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    loader.load().await
+}
+
+/// The account id of the credentials `cfg` resolves to (STS GetCallerIdentity, which needs no
+/// IAM permission), through the configured custom endpoint when there is one (LocalStack
+/// answers `000000000000`).
+pub async fn caller_account(cfg: &SqsConfig) -> Result<String, QueueError> {
+    let endpoint = match &cfg.endpoint {
+        Some(ep) => Some(
+            Endpoint::parse(ep)
+                .map_err(|why| QueueError::Invalid { message: format!("invalid SQS endpoint: {why}") })?,
+        ),
+        None => None,
+    };
+    let sdk = sdk_config(cfg).await;
+    let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    let mut builder = aws_sdk_sts::config::Builder::from(&sdk).region(Region::new(region.clone()));
+    if let Some(ep) = &endpoint {
+        builder = builder.endpoint_url(ep.to_string());
+    }
+    let shown = endpoint.map(|e| e.to_string()).unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+    let client = aws_sdk_sts::Client::from_conf(builder.build());
+    let hint = "set account_id in the profile instead";
+    let out = client.get_caller_identity().send().await.map_err(|e| {
+        if has_credentials_error(&e) {
+            return QueueError::NoCredentials { detail: DisplayErrorContext(&e).to_string() };
+        }
+        match &e {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => QueueError::Unreachable {
+                endpoint: shown.clone(),
+                detail: format!("STS GetCallerIdentity: {}; {hint}", DisplayErrorContext(&e)),
+            },
+            SdkError::ServiceError(se) => {
+                let status = se.raw().status().as_u16();
+                let said = match (se.err().code(), se.err().message()) {
+                    (Some(c), Some(m)) => format!("{c}: {m}"),
+                    (Some(c), None) => c.to_owned(),
+                    (None, Some(m)) => m.to_owned(),
+                    (None, None) => "no reason given".to_owned(),
+                };
+                QueueError::Other {
+                    message: format!(
+                        "cannot learn the AWS account id (STS GetCallerIdentity on {shown} answered HTTP {status}, {said}); {hint}"
+                    ),
+                    retryable: status >= 500,
+                }
+            }
+            _ => QueueError::Other {
+                message: format!(
+                    "cannot learn the AWS account id (STS GetCallerIdentity on {shown}: {}); {hint}",
+                    DisplayErrorContext(&e)
+                ),
+                retryable: false,
+            },
+        }
+    })?;
+    let account = out.account().unwrap_or_default().to_owned();
+    check_account(&account).map_err(|why| QueueError::Other {
+        message: format!("STS GetCallerIdentity on {shown} returned no usable account ({why}); {hint}"),
+        retryable: false,
+    })?;
+    Ok(account)
 }
 
 /// Attributes of a queue [`SqsClient::create_queue`] makes; `None` keeps SQS's default.
@@ -396,6 +465,40 @@ impl SqsQueue {
         Ok(messages)
     }
 
+    /// Sets the queue's attributes (those `settings` gives; the others are left as they are).
+    /// SQS refuses `CreateQueue` for an existing queue with other attributes, so an owner that
+    /// changes its settings creates the queue without attributes and sets them with this.
+    pub async fn set_attributes(&self, settings: &QueueSettings) -> Result<(), QueueError> {
+        let attrs = settings.attributes()?;
+        if attrs.is_empty() {
+            return Ok(());
+        }
+        let mut req = self.client.client.set_queue_attributes().queue_url(&self.url);
+        for (attr, value) in attrs {
+            req = req.attributes(attr, value);
+        }
+        req.send().await.map_err(|e| self.map("setting the attributes of", e))?;
+        Ok(())
+    }
+
+    /// Every attribute of the queue, by its SQS name (`VisibilityTimeout`, `RedrivePolicy`,
+    /// `ApproximateNumberOfMessages`...).
+    pub async fn attributes(&self) -> Result<std::collections::BTreeMap<String, String>, QueueError> {
+        let out = self
+            .client
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .map_err(|e| self.map("reading the attributes of", e))?;
+        Ok(out
+            .attributes()
+            .map(|a| a.iter().map(|(k, v)| (k.as_str().to_owned(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
     /// Deletes a received message (acknowledges it).
     pub async fn delete(&self, receipt_handle: &str) -> Result<(), QueueError> {
         self.client
@@ -483,6 +586,67 @@ impl Notifier for SqsNotifier {
         self.rules.check(queue_url).map_err(|why| EventError { message: why, retryable: false })?;
         self.client.queue(queue_url).send(body).await?;
         Ok(())
+    }
+}
+
+/// Where the account id of a [`LazySqsNotifier`]'s queue rules comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountSource {
+    /// Given in the configuration (the CLI profile's `account_id`).
+    Given(String),
+    /// Asked from STS ([`caller_account`]) the first time a notification is due.
+    CallerIdentity,
+}
+
+/// An [`SqsNotifier`] built on first use: the SQS client and the account id of the queue
+/// rules are only looked up in [`Notifier::prepare`], which the fan-out calls once it has
+/// found a registration with a queue. The CLI attaches one to every inline registry on an S3
+/// store, so a promotion without registered agents sends no request to SQS or STS.
+#[derive(Debug)]
+pub struct LazySqsNotifier {
+    config: SqsConfig,
+    account: AccountSource,
+    ready: tokio::sync::OnceCell<SqsNotifier>,
+}
+
+impl LazySqsNotifier {
+    pub fn new(config: SqsConfig, account: AccountSource) -> Self {
+        LazySqsNotifier { config, account, ready: tokio::sync::OnceCell::new() }
+    }
+
+    async fn notifier(&self) -> Result<&SqsNotifier, QueueError> {
+        self.ready
+            .get_or_try_init(|| async {
+                let client = SqsClient::connect(&self.config).await?;
+                let account = match &self.account {
+                    AccountSource::Given(a) => a.clone(),
+                    AccountSource::CallerIdentity => caller_account(&self.config).await?,
+                };
+                let rules = client
+                    .rules(&account)
+                    .map_err(|why| QueueError::Invalid { message: format!("cannot check agent queue URLs: {why}") })?;
+                Ok(SqsNotifier::new(client, rules))
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Notifier for LazySqsNotifier {
+    async fn prepare(&self) -> Result<(), EventError> {
+        self.notifier().await?;
+        Ok(())
+    }
+
+    fn check_queue(&self, queue_url: &str) -> Result<(), String> {
+        match self.ready.get() {
+            Some(n) => n.check_queue(queue_url),
+            None => Err("agent notifications are not set up yet (the account id is unknown)".into()),
+        }
+    }
+
+    async fn send(&self, queue_url: &str, body: &str) -> Result<(), EventError> {
+        self.notifier().await?.send(queue_url, body).await
     }
 }
 
@@ -820,28 +984,6 @@ fn classify_service_error(
     }
 }
 
-/// Whether `err`'s source chain holds the credentials provider's error type.
-fn has_credentials_error(err: &(dyn StdError + 'static)) -> bool {
-    // aws-credential-types is not a direct dependency, so its `CredentialsError` is named
-    // through the output type of the provider trait the SDK re-exports. The closure is never
-    // called; it only pins the type parameters.
-    fn is_provider_error<F, T, E>(_: fn(&'static SharedCredentialsProvider) -> F, e: &(dyn StdError + 'static)) -> bool
-    where
-        F: Future<Output = Result<T, E>>,
-        E: StdError + 'static,
-    {
-        e.is::<E>()
-    }
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if is_provider_error(|p| p.provide_credentials(), e) {
-            return true;
-        }
-        next = e.source();
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -978,6 +1120,25 @@ mod tests {
         let e: EventError = c(503, "ServiceUnavailable").into();
         assert!(e.retryable);
         assert!(QueueError::Unreachable { endpoint: "e".into(), detail: "d".into() }.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn the_lazy_notifier_checks_urls_only_once_prepared() {
+        let cfg = SqsConfig {
+            region: Some("us-east-1".into()),
+            endpoint: Some("http://127.0.0.1:4566".into()),
+            ..SqsConfig::default()
+        };
+        let n = LazySqsNotifier::new(cfg, AccountSource::Given("000000000000".into()));
+        let url = "http://127.0.0.1:4566/queue/us-east-1/000000000000/s3dock-agent-web-1";
+        assert!(n.check_queue(url).unwrap_err().contains("not set up"), "refused before prepare");
+        // A given account needs no request: connecting builds a client only.
+        n.prepare().await.unwrap();
+        n.check_queue(url).unwrap();
+        assert!(n.check_queue("http://127.0.0.1:4566/queue/us-east-1/111111111111/x").unwrap_err().contains("account"));
+        let bad = LazySqsNotifier::new(SqsConfig::default(), AccountSource::Given("12345".into()));
+        let e = bad.prepare().await.unwrap_err();
+        assert!(!e.retryable && e.message.contains("12-digit"), "{e:?}");
     }
 
     #[test]

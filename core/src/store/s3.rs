@@ -1150,8 +1150,9 @@ fn error_chain(err: &(dyn StdError + 'static)) -> String {
     out
 }
 
-/// Whether `err`'s source chain holds the credentials provider's error type.
-fn has_credentials_error(err: &(dyn StdError + 'static)) -> bool {
+/// Whether `err`'s source chain holds the credentials provider's error type (shared with the
+/// SQS client's error mapping).
+pub(crate) fn has_credentials_error(err: &(dyn StdError + 'static)) -> bool {
     // aws-credential-types is not a direct dependency, so its `CredentialsError` is named
     // through the output type of the provider trait the SDK re-exports. The closure is never
     // called; it only pins the type parameters.

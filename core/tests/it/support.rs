@@ -28,18 +28,7 @@ pub const TEST_LIST_PAGE: i32 = 7;
 
 /// The S3 endpoint under test, `None` (with a message) when tests should skip S3.
 pub fn s3_endpoint() -> Option<String> {
-    match std::env::var("S3DOCK_TEST_S3_ENDPOINT") {
-        Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!("LocalStack is required in CI: run tests/run.sh");
-            }
-            eprintln!(
-                "skipping S3 checks: S3DOCK_TEST_S3_ENDPOINT is not set; run `tests/services.sh localstack-start && eval \"$(tests/services.sh env)\"` first"
-            );
-            None
-        }
-    }
+    s3dock_core::testing::s3_test_endpoint()
 }
 
 /// The moto endpoint, if moto runs (it is an optional second target, never required).
