@@ -44,7 +44,23 @@ impl LocalStore {
                 )
             })?;
         let root = root.canonicalize().map_err(|e| StoreError::io(format!("cannot open {}", root.display()), e))?;
-        Ok(LocalStore { root })
+        let store = LocalStore { root };
+        store.remove_stale_temp_files();
+        Ok(store)
+    }
+
+    /// Temp files are renamed into place or removed by the writer; only a writer killed
+    /// mid-write leaves one. They are invisible (not under a key) but take space: remove those
+    /// untouched for a day, long past any write still in progress. Best effort.
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = std::fs::read_dir(self.root.join(META_DIR).join("tmp")) else { return };
+        let day = Duration::from_secs(24 * 3600);
+        for e in entries.flatten() {
+            let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > day));
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -325,5 +341,25 @@ impl ObjectStore for LocalStore {
 
     fn precondition_support(&self) -> PreconditionSupport {
         PreconditionSupport::Native
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_removes_only_stale_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let tmp = store.root().join(META_DIR).join("tmp");
+        let (old, fresh) = (tmp.join("killed-writer"), tmp.join("writing-now"));
+        std::fs::write(&old, b"partial").unwrap();
+        std::fs::write(&fresh, b"partial").unwrap();
+        let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+        std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_days_ago).unwrap();
+        LocalStore::open(dir.path()).unwrap();
+        assert!(!old.exists(), "a temp file untouched for two days is removed");
+        assert!(fresh.exists(), "a recent one may belong to a write in progress");
     }
 }
