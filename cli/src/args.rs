@@ -11,7 +11,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands::{build, cleanup, config, current, history, list, promote, pull, push, rollback, tag};
+use crate::commands::{
+    build, cleanup, config, current, deploy, history, list, promote, pull, push, rollback, status, tag,
+};
 use crate::exit::EXIT_CODES_HELP;
 
 const ABOUT: &str = "Ship Docker images through an S3 bucket, without a registry";
@@ -30,6 +32,8 @@ Typical flow:
   s3dock promote myapp v1.2.0 staging
   s3dock current myapp staging
   s3dock pull myapp staging
+  s3dock deploy --blue-green myapp staging --service /etc/s3dock/agent.toml
+  s3dock status myapp
   s3dock history myapp staging";
 
 const AFTER_HELP: &str = "\
@@ -97,6 +101,8 @@ pub enum Command {
     Rollback(rollback::RollbackArgs),
     History(history::HistoryArgs),
     Config(config::ConfigArgs),
+    Deploy(deploy::DeployArgs),
+    Status(status::StatusArgs),
 }
 
 /// `--month YYYYMM`.

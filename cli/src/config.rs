@@ -11,6 +11,7 @@
 //! endpoint = "http://127.0.0.1:4566"
 //! path_style = true
 //! aws_profile = "work"
+//! account_id = "123456789012"
 //! user = "alice"
 //! ```
 //!
@@ -50,6 +51,9 @@ pub struct Profile {
     pub path_style: Option<bool>,
     /// The AWS profile to take credentials (and region) from.
     pub aws_profile: Option<String>,
+    /// The AWS account id whose agent queues inline promotions may notify; asked from STS
+    /// (GetCallerIdentity) when absent and a registered agent has a queue.
+    pub account_id: Option<String>,
     /// The acting user recorded in documents and audit records.
     pub user: Option<String>,
 }
@@ -162,6 +166,7 @@ events = {events_q}
 # endpoint = "http://127.0.0.1:4566"      # optional: any S3-compatible endpoint
 # path_style = true                       # optional: needed by most S3 emulators
 # aws_profile = "work"                    # optional: else the standard AWS chain
+# account_id = "123456789012"             # optional: agent queues' account (inline events); else STS
 # events = "lambda"
 # user = "alice"
 "#,
@@ -199,6 +204,7 @@ region = "eu-west-1"
 endpoint = "http://127.0.0.1:4566"
 path_style = true
 aws_profile = "work"
+account_id = "123456789012"
 user = "alice"
 events = "lambda"
 "#,
@@ -210,6 +216,7 @@ events = "lambda"
         assert_eq!(p.events, Some(Events::Lambda));
         assert_eq!(p.path_style, Some(true));
         assert_eq!(p.user.as_deref(), Some("alice"));
+        assert_eq!(p.account_id.as_deref(), Some("123456789012"));
     }
 
     #[test]

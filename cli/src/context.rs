@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use s3dock_core::clock::SystemClock;
 use s3dock_core::registry::{EventMode, Registry};
+use s3dock_core::sqs::{AccountSource, LazySqsNotifier, SqsConfig};
 use s3dock_core::store::{LocalStore, ObjectStore, S3Store};
 
 use crate::args::GlobalArgs;
@@ -84,12 +85,36 @@ impl Context {
 
     /// The registry over the settings' store, with the system clock, the acting user and the
     /// profile's event mode.
+    ///
+    /// With `events = "inline"` on an S3 store, promotions and rollbacks notify the registered
+    /// agents over SQS themselves, as the promotion-fanout function does for `events =
+    /// "lambda"`: the notifier uses the store's region, endpoint and AWS profile, and sends only
+    /// to queue URLs of one account (the profile's `account_id`, else STS GetCallerIdentity).
+    /// It is lazy: nothing is asked of SQS or STS until a registration with a queue is found,
+    /// so promoting an environment no agent serves costs no extra request. A local store has no
+    /// agents' queues to reach (an agent on a directory store only reconciles).
     pub async fn open_registry(&self, settings: &Settings) -> Result<Registry, CliError> {
         let store = self.open_store(settings).await?;
         let mode = match settings.events.value {
             Events::Inline => EventMode::Inline,
             Events::Lambda => EventMode::Lambda,
         };
-        Ok(Registry::new(store, Arc::new(SystemClock), settings.user.value.clone(), mode))
+        let registry = Registry::new(store, Arc::new(SystemClock), settings.user.value.clone(), mode);
+        match (&settings.store.value, mode) {
+            (StoreLocation::S3(cfg), EventMode::Inline) => {
+                let sqs = SqsConfig {
+                    region: cfg.region.clone(),
+                    endpoint: cfg.endpoint.clone(),
+                    aws_profile: cfg.aws_profile.clone(),
+                    ..SqsConfig::default()
+                };
+                let account = match &settings.s3.account_id {
+                    Some(a) => AccountSource::Given(a.value.clone()),
+                    None => AccountSource::CallerIdentity,
+                };
+                Ok(registry.with_notifier(Arc::new(LazySqsNotifier::new(sqs, account))))
+            }
+            _ => Ok(registry),
+        }
     }
 }

@@ -180,6 +180,30 @@ impl From<s3dock_engine::ship::ShipError> for CliError {
     }
 }
 
+/// A deploy that could not run. (A deploy that ran and failed or rolled back is a report, not
+/// an error; `s3dock deploy` turns it into a conflict, exit 4, with the reason.)
+impl From<s3dock_engine::DeployError> for CliError {
+    fn from(e: s3dock_engine::DeployError) -> Self {
+        use s3dock_engine::DeployError as D;
+        use s3dock_engine::deploy::{StateError, TrafficError};
+        match e {
+            D::Engine(e) => e.into(),
+            D::Spec(_) => CliError::usage(e.to_string()),
+            D::State(StateError::Corrupt { .. }) | D::Traffic(TrafficError::Corrupt { .. }) => {
+                CliError::new(ErrorKind::Integrity, e.to_string())
+            }
+            // The state directory cannot be written (permissions, a missing mount).
+            D::State(StateError::Io { .. }) => CliError::internal(e.to_string()),
+            // Another deploy holds the service; a foreign container holds a name; the driver
+            // refused; an interrupted deploy could not be settled yet.
+            D::State(StateError::Busy { .. }) | D::Traffic(_) | D::Conflict { .. } | D::Incomplete { .. } => {
+                CliError::conflict(e.to_string())
+            }
+            D::Cancelled { .. } => CliError::interrupted(e.to_string()),
+        }
+    }
+}
+
 /// Unexpected local failures (writing to stdout, building the runtime): internal, with the
 /// whole context chain on one line.
 impl From<anyhow::Error> for CliError {
@@ -221,6 +245,25 @@ mod tests {
         let j = e.to_json();
         assert_eq!(j["error"]["kind"], "usage");
         assert_eq!(j["error"]["exit_code"], 2);
+    }
+
+    #[test]
+    fn deploy_errors_map_to_documented_codes() {
+        use s3dock_engine::DeployError;
+        use s3dock_engine::deploy::{SpecError, StateError};
+        let busy = StateError::Busy { app: "web".into(), env: "prod".into(), path: "/s/web/prod.lock".into() };
+        for (e, code) in [
+            (DeployError::State(busy), 4),
+            (DeployError::Conflict { message: "foreign container".into() }, 4),
+            (DeployError::Engine(s3dock_engine::EngineError::Unreachable { detail: "down".into() }), 6),
+            (DeployError::Spec(SpecError::new("ports", "same")), 2),
+            (DeployError::Cancelled { what: "stopped".into() }, 130),
+            (DeployError::State(StateError::Corrupt { path: "/s".into(), detail: "x".into() }), 5),
+        ] {
+            let shown = e.to_string();
+            let cli: CliError = e.into();
+            assert_eq!(cli.exit_code(), code, "{shown}");
+        }
     }
 
     #[test]

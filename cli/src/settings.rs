@@ -9,7 +9,7 @@
 //! | profile | `--profile` > `S3DOCK_PROFILE` > `default_profile` in the file > `default` |
 //! | store | `--store` > `S3DOCK_STORE` > the profile's `store` > `{data_dir}/s3dock/store` |
 //! | acting user | the profile's `user` > `S3DOCK_USER` > `$USER@hostname` |
-//! | events, region, endpoint, path_style, aws_profile | the profile > default |
+//! | events, region, endpoint, path_style, aws_profile, account_id | the profile > default |
 //!
 //! The outside world (environment variables, XDG directories, host name, working directory)
 //! arrives as an [`Environment`] value, so resolution is a pure function tests can call.
@@ -262,6 +262,8 @@ pub struct S3Settings {
     pub endpoint: Option<Sourced<String>>,
     pub path_style: Option<Sourced<bool>>,
     pub aws_profile: Option<Sourced<String>>,
+    /// The account of the agent queues inline promotions notify (else asked from STS).
+    pub account_id: Option<Sourced<String>>,
 }
 
 /// Everything a command needs to know, resolved and validated.
@@ -361,7 +363,16 @@ impl Settings {
             endpoint: profile.endpoint.clone().map(|v| Sourced::new(v, in_profile())),
             path_style: profile.path_style.map(|v| Sourced::new(v, in_profile())),
             aws_profile: profile.aws_profile.clone().map(|v| Sourced::new(v, in_profile())),
+            account_id: profile.account_id.clone().map(|v| Sourced::new(v, in_profile())),
         };
+        if let Some(a) = &s3.account_id
+            && !(a.value.len() == 12 && a.value.chars().all(|c| c.is_ascii_digit()))
+        {
+            return Err(CliError::usage(format!(
+                "profile {:?}: account_id {:?} is not a 12-digit AWS account id; fix it or remove it (then STS is asked)",
+                profile_name.value, a.value
+            )));
+        }
         let store = match store.value {
             StoreLocation::S3(mut cfg) => {
                 cfg.region = s3.region.as_ref().map(|r| r.value.clone());

@@ -34,6 +34,9 @@ const TAG_KEY: &str = "tags/myapp/v1.2.0.json";
 const POINTER_KEY: &str = "pointers/myapp/production.json";
 const PROBE_KEY: &str = "pointers/.probe/0123456789abcdef";
 const AUDIT_KEY: &str = "audit/myapp/202507/20250721-1400-push-f7a5a27-9e107d9d.json";
+/// The audit record of a deploy, as the agent writes it.
+const DEPLOY_AUDIT_KEY: &str =
+    "audit/myapp/202507/20250722-1018-deploy-f7a5a27-production-web-1-5f0c2a9b1d3e4f5a6b7c8d9e0f1a2b3c.json";
 const ARCHIVE_KEY: &str = "archive/myapp/202507/myapp-20250721-2118-f7a5a27-archived-on-20250722-1018.tar.gz";
 const AGENT_KEY: &str = "agents/myapp/production/web-1.json";
 
@@ -1149,11 +1152,30 @@ fn check_agent(raw: &Value) -> Check {
         if !may(&st, &stack, "s3:PutObject", AGENT_KEY) {
             return Err("AgentPolicy cannot write its registration".into());
         }
+        // The documented decision: each deploy's audit record, a conditional create under
+        // audit/ (PutObject only: no delete, no ACL, nothing elsewhere).
+        if !may(&st, &stack, "s3:PutObject", DEPLOY_AUDIT_KEY) {
+            return Err("AgentPolicy cannot write the audit record of a deploy".into());
+        }
         for action in write_actions(&st).iter().map(String::as_str).chain(WRITES) {
-            for key in [IMAGE_KEY, TAG_KEY, POINTER_KEY, PROBE_KEY, AUDIT_KEY, ARCHIVE_KEY] {
+            for key in [IMAGE_KEY, TAG_KEY, POINTER_KEY, PROBE_KEY, ARCHIVE_KEY] {
                 if may(&st, &stack, action, key) {
                     return Err(format!("AgentPolicy allows {action} on {key}"));
                 }
+            }
+            if action != "s3:PutObject"
+                && (may(&st, &stack, action, AUDIT_KEY) || may(&st, &stack, action, DEPLOY_AUDIT_KEY))
+            {
+                return Err(format!("AgentPolicy allows {action} on audit/ (it may only create records)"));
+            }
+        }
+        // ...and only as a conditional create: S3 refuses it without If-None-Match.
+        for s in st.iter().filter(|s| s.allow && s.allows("s3:PutObject", &stack.object_arn(DEPLOY_AUDIT_KEY))) {
+            if s.condition.pointer("/Null/s3:if-none-match").and_then(Value::as_str) != Some("false") {
+                return Err(format!(
+                    "AgentPolicy statement {} lets agents overwrite audit records: require s3:if-none-match",
+                    s.sid
+                ));
             }
         }
         let own = stack.queue_arn("s3dock-agent-web-1");
@@ -1195,7 +1217,9 @@ fn check_agent(raw: &Value) -> Check {
     Ok(())
 }
 
-/// The audit trail is the functions' alone: no managed policy may write it.
+/// The audit trail is the functions' alone, but for one documented exception: the agent
+/// policy may create records (`s3:PutObject`), for its deploys. No other managed policy may
+/// write it, and no managed policy may delete or otherwise change it.
 fn check_audit_writers(raw: &Value) -> Check {
     for params in param_sets() {
         let stack = Stack::new(raw, &params)?;
@@ -1205,6 +1229,9 @@ fn check_audit_writers(raw: &Value) -> Check {
                 continue;
             }
             for a in &s.actions {
+                if s.owner == "AgentPolicy" && a == "s3:PutObject" {
+                    continue;
+                }
                 if (a.starts_with("s3:Put") || a.starts_with("s3:Delete")) && s.allows(a, &stack.object_arn(AUDIT_KEY))
                 {
                     return Err(format!("{} {} allows {a} on audit/", s.owner, s.sid));
@@ -1402,9 +1429,42 @@ mod mutations {
         assert!(e.contains("audit"), "{e}");
         let e = broken(check_audit_writers, |t| {
             statements_of(t, "/Resources/AgentPolicy/Properties/PolicyDocument/Statement")
+                .push(json!({"Effect": "Allow", "Action": "s3:DeleteObject", "Resource": sub("audit/*")}))
+        });
+        assert!(e.contains("AgentPolicy") && e.contains("s3:DeleteObject"), "{e}");
+        let e = broken(check_audit_writers, |t| {
+            statements_of(t, "/Resources/PromoterPolicy/Properties/PolicyDocument/Statement")
+                .push(json!({"Effect": "Allow", "Action": "s3:PutObject", "Resource": sub("audit/*")}))
+        });
+        assert!(e.contains("PromoterPolicy"), "{e}");
+    }
+
+    #[test]
+    fn agent_writes_beyond_its_deploy_records() {
+        // PutObject on everything: audit/ stays allowed, but images/ and pointers/ are caught.
+        let e = broken(check_agent, |t| {
+            statements_of(t, "/Resources/AgentPolicy/Properties/PolicyDocument/Statement")
                 .push(json!({"Effect": "Allow", "Action": "s3:PutObject", "Resource": sub("*")}))
         });
-        assert!(e.contains("AgentPolicy"), "{e}");
+        assert!(e.contains("AgentPolicy allows s3:PutObject on images/"), "{e}");
+        let e = broken(check_agent, |t| {
+            statements_of(t, "/Resources/AgentPolicy/Properties/PolicyDocument/Statement")
+                .push(json!({"Effect": "Allow", "Action": "s3:PutObjectAcl", "Resource": sub("audit/*")}))
+        });
+        assert!(e.contains("may only create records"), "{e}");
+        let e = broken(check_agent, |t| {
+            statements_of(t, "/Resources/AgentPolicy/Properties/PolicyDocument/Statement")
+                .retain(|s| s["Sid"] != "AuditDeploys")
+        });
+        assert!(e.contains("audit record of a deploy"), "{e}");
+        let e = broken(check_agent, |t| {
+            for s in statements_of(t, "/Resources/AgentPolicy/Properties/PolicyDocument/Statement") {
+                if s["Sid"] == "AuditDeploys" {
+                    s.as_object_mut().unwrap().remove("Condition");
+                }
+            }
+        });
+        assert!(e.contains("overwrite audit records"), "{e}");
     }
 
     #[test]

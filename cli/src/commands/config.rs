@@ -30,6 +30,7 @@ The config file is --config FILE, else $S3DOCK_CONFIG, else ~/.config/s3dock/con
   endpoint = \"http://127.0.0.1:4566\" # optional, any S3-compatible endpoint
   path_style = true                   # optional
   aws_profile = \"work\"                # optional; else the standard AWS chain
+  account_id = \"123456789012\"        # optional: agent queues' account (inline events)
   user = \"alice\"                      # optional acting user for audit records
 
 Precedence: profile: --profile > $S3DOCK_PROFILE > default_profile > \"default\".
@@ -221,6 +222,11 @@ fn show(s: &Settings) -> Result<Output, CliError> {
         s.s3.aws_profile.as_ref().map(|r| (r.value.clone(), &r.source)),
         pick("default (AWS chain)"),
     ));
+    table.row(s3_row(
+        "account_id",
+        s.s3.account_id.as_ref().map(|r| (r.value.clone(), &r.source)),
+        pick("default (STS, when an inline promotion notifies agents)"),
+    ));
 
     let opt = |v: Option<Value>| v.unwrap_or(Value::Null);
     let doc = json!({
@@ -238,6 +244,7 @@ fn show(s: &Settings) -> Result<Output, CliError> {
         "endpoint": opt(s.s3.endpoint.as_ref().map(sourced_json)),
         "path_style": opt(s.s3.path_style.as_ref().map(sourced_json)),
         "aws_profile": opt(s.s3.aws_profile.as_ref().map(sourced_json)),
+        "account_id": opt(s.s3.account_id.as_ref().map(sourced_json)),
     });
     Ok(Output::new(doc, table.render()))
 }

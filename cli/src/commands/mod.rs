@@ -6,12 +6,14 @@ pub mod build;
 pub mod cleanup;
 pub mod config;
 pub mod current;
+pub mod deploy;
 pub mod history;
 pub mod list;
 pub mod promote;
 pub mod pull;
 pub mod push;
 pub mod rollback;
+pub mod status;
 pub mod tag;
 
 use s3dock_core::events::{EventError, Outcome};
@@ -36,6 +38,8 @@ pub async fn run(command: &Command, ctx: &Context) -> Result<Output, CliError> {
         Command::Rollback(args) => rollback::run(ctx, args).await,
         Command::History(args) => history::run(ctx, args).await,
         Command::Config(args) => config::run(ctx, args).await,
+        Command::Deploy(args) => deploy::run(ctx, args).await,
+        Command::Status(args) => status::run(ctx, args).await,
     }
 }
 

@@ -31,6 +31,8 @@ pub const LABEL_COLOR: &str = "io.s3dock.color";
 /// The `app:tag` the container runs.
 pub const LABEL_IMAGE: &str = "io.s3dock.image";
 pub const LABEL_DEPLOY_ID: &str = "io.s3dock.deploy-id";
+/// The spec's `instance`, on containers of a spec that has one.
+pub const LABEL_INSTANCE: &str = "io.s3dock.instance";
 
 /// How long a deployer waits for another one working on the same service.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -264,7 +266,7 @@ impl Deployer {
 
     /// The service's state file as last written, if any.
     pub fn state(&self, spec: &DeploySpec) -> Result<Option<DeployState>, DeployError> {
-        Ok(StateFiles::new(&self.state_dir, &spec.app, &spec.env).load()?)
+        Ok(StateFiles::for_spec(&self.state_dir, spec).load()?)
     }
 
     /// Makes `req.image` the image serving `spec`'s traffic, blue-green: see the module doc of
@@ -321,7 +323,7 @@ impl Deployer {
     }
 
     async fn begin<'a>(&'a self, spec: &'a DeploySpec, cancel: &'a CancellationToken) -> Result<Run<'a>, DeployError> {
-        let files = StateFiles::new(&self.state_dir, &spec.app, &spec.env);
+        let files = StateFiles::for_spec(&self.state_dir, spec);
         let lock = files.lock_service(self.lock_wait).await?;
         let state = files.load()?.unwrap_or_else(|| DeployState::empty(&spec.app, &spec.env, self.clock.now()));
         // Known from the start, so that recovery redacts container logs too. An unreadable env
@@ -397,7 +399,7 @@ impl Run<'_> {
     }
 
     fn name(&self, color: Color) -> String {
-        container_name(&self.spec.app, &self.spec.env, color)
+        self.spec.container_name(color)
     }
 
     fn upstream(&self, color: Color) -> Upstream {
@@ -434,13 +436,14 @@ impl Run<'_> {
         let name = self.name(color);
         let Some(info) = self.d.engine.inspect_container(&name).await? else { return Ok(None) };
         let ours = info.labels.get(LABEL_APP).map(String::as_str) == Some(self.spec.app.as_str())
-            && info.labels.get(LABEL_ENV).map(String::as_str) == Some(self.spec.env.as_str());
+            && info.labels.get(LABEL_ENV).map(String::as_str) == Some(self.spec.env.as_str())
+            && info.labels.get(LABEL_INSTANCE).map(String::as_str) == self.spec.instance.as_deref();
         if ours {
             Ok(Some(info))
         } else {
             Err(DeployError::Conflict {
                 message: format!(
-                    "a container named {name} exists but s3dock did not create it for {}/{} (its {LABEL_APP}/{LABEL_ENV} labels differ); rename or remove it",
+                    "a container named {name} exists but s3dock did not create it for {}/{} (its {LABEL_APP}/{LABEL_ENV}/{LABEL_INSTANCE} labels differ); rename or remove it",
                     self.spec.app, self.spec.env
                 ),
             })
@@ -993,13 +996,16 @@ impl Run<'_> {
             ("S3DOCK_COLOR".to_owned(), color.to_string()),
             ("S3DOCK_IMAGE".to_owned(), image.to_owned()),
         ]);
-        let labels = BTreeMap::from([
+        let mut labels = BTreeMap::from([
             (LABEL_APP.to_owned(), spec.app.to_string()),
             (LABEL_ENV.to_owned(), spec.env.to_string()),
             (LABEL_COLOR.to_owned(), color.to_string()),
             (LABEL_IMAGE.to_owned(), image.to_owned()),
             (LABEL_DEPLOY_ID.to_owned(), self.state.deploy_id.clone().unwrap_or_default()),
         ]);
+        if let Some(i) = &spec.instance {
+            labels.insert(LABEL_INSTANCE.to_owned(), i.clone());
+        }
         ContainerSpec {
             name: self.name(color),
             image: image.to_owned(),
@@ -1258,6 +1264,13 @@ mod tests {
         let app = AppName::parse("web.api").unwrap();
         let env = EnvName::parse("production").unwrap();
         assert_eq!(container_name(&app, &env, Color::Green), "s3dock-web.api-production-green");
+        let mut spec = DeploySpec::new(app, env, 80, super::super::spec::ColorPorts { blue: 1, green: 2 });
+        assert_eq!(spec.container_name(Color::Blue), "s3dock-web.api-production-blue");
+        spec.instance = Some("b".into());
+        assert_eq!(spec.container_name(Color::Blue), "s3dock-web.api-production-b-blue");
+        let files = StateFiles::for_spec(std::path::Path::new("/s"), &spec);
+        assert_eq!(files.state(), std::path::PathBuf::from("/s/web.api/production@b.json"));
+        assert_eq!(files.upstream(), std::path::PathBuf::from("/s/web.api/production@b.upstream.json"));
         assert_eq!(DeployResult::RolledBack.to_string(), "rolled-back");
         assert_eq!(show_addr("::1".parse().unwrap(), 80), "[::1]:80");
     }

@@ -71,7 +71,7 @@ pub mod traffic;
 
 pub use deployer::{
     DeployError, DeployEvent, DeployObserver, DeployReport, DeployRequest, DeployResult, Deployer, LABEL_APP,
-    LABEL_COLOR, LABEL_DEPLOY_ID, LABEL_ENV, LABEL_IMAGE, RecoverReport, container_name,
+    LABEL_COLOR, LABEL_DEPLOY_ID, LABEL_ENV, LABEL_IMAGE, LABEL_INSTANCE, RecoverReport, container_name,
 };
 pub use health::{HealthCheck, HealthFailure, http_status};
 pub use spec::{Color, ColorPorts, DeploySpec, DriverConfig, HealthSpec, HttpTarget, Secret, SpecError, TrafficConfig};

@@ -376,6 +376,12 @@ pub struct DeploySpec {
     /// The traffic driver; required by [`crate::deploy::traffic_switch`].
     #[serde(default)]
     pub traffic: Option<TrafficConfig>,
+    /// Tells apart two copies of the same app and environment on one Docker engine (two agents
+    /// on one host, a test): container names become `s3dock-{app}-{env}-{instance}-{color}`,
+    /// the state files `{app}/{env}@{instance}.*`, and the containers are labelled
+    /// `io.s3dock.instance`. Unset for the usual single copy per host.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 fn default_bind() -> IpAddr {
@@ -421,6 +427,16 @@ impl DeploySpec {
             verify_url: None,
             verify_deadline: default_verify_deadline(),
             traffic: None,
+            instance: None,
+        }
+    }
+
+    /// The container name of `color`: `s3dock-{app}-{env}-{color}`, with `-{instance}` before
+    /// the color when the spec has one.
+    pub fn container_name(&self, color: Color) -> String {
+        match &self.instance {
+            None => super::deployer::container_name(&self.app, &self.env, color),
+            Some(i) => format!("s3dock-{}-{}-{i}-{color}", self.app, self.env),
         }
     }
 
@@ -542,6 +558,21 @@ impl DeploySpec {
         }
         if let Some(traffic) = &self.traffic {
             traffic.driver(&self.app, &self.env)?;
+        }
+        if let Some(i) = &self.instance {
+            let ok = !i.is_empty()
+                && i.len() <= 32
+                && i.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !i.starts_with('-')
+                && !i.ends_with('-');
+            if !ok {
+                return err(
+                    "instance",
+                    format!(
+                        "{i:?} is not an instance name; use 1 to 32 lowercase letters, digits and inner '-', e.g. \"b\""
+                    ),
+                );
+            }
         }
         Ok(())
     }
@@ -913,6 +944,7 @@ timeout = "30s"
             (with(&format!("{ports}volumes = [\"data\"]\n")), "SOURCE:/container/path"),
             (with(&format!("{ports}env_vars = {{ \"1X\" = \"v\" }}\n")), "not a variable name"),
             (with(&format!("{ports}keep_images = 0\n")), "keep_images: must be at least 1"),
+            (with(&format!("{ports}instance = \"B_2\"\n")), "instance: \"B_2\" is not an instance name"),
             (with(&format!("{ports}verify_url = \"https://x/\"\n")), "not an http:// URL"),
             (with(&format!("{ports}[health]\npath = \"healthz\"\n")), "start it with '/'"),
             (with(&format!("{ports}[health]\nsuccesses = 0\n")), "health.successes"),

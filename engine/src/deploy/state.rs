@@ -9,6 +9,8 @@
 //! {state_dir}/{app}/{env}.upstream.json   the command and none drivers' record of the upstream
 //! ```
 //!
+//! A spec with an `instance` uses `{env}@{instance}` in place of `{env}`.
+//!
 //! App and environment names are validated names (no `/`, no `..`), so these paths stay inside
 //! the state directory.
 
@@ -22,7 +24,7 @@ use s3dock_core::docs::DeployOutcome;
 use s3dock_core::names::{AppName, EnvName};
 use serde::{Deserialize, Serialize};
 
-use super::spec::Color;
+use super::spec::{Color, DeploySpec};
 
 /// The version of the state file this build writes; newer files are refused, not guessed at.
 pub const STATE_SCHEMA_VERSION: u32 = 1;
@@ -175,6 +177,16 @@ pub struct StateFiles {
 impl StateFiles {
     pub fn new(state_dir: &Path, app: &AppName, env: &EnvName) -> Self {
         StateFiles { dir: state_dir.join(app.as_str()), env: env.as_str().to_owned() }
+    }
+
+    /// The files of a spec's service: `{env}@{instance}.*` when it names an instance (`@` is
+    /// never in an environment name, so no two services share a file).
+    pub fn for_spec(state_dir: &Path, spec: &DeploySpec) -> Self {
+        let mut files = StateFiles::new(state_dir, &spec.app, &spec.env);
+        if let Some(i) = &spec.instance {
+            files.env = format!("{}@{i}", spec.env);
+        }
+        files
     }
 
     pub fn state(&self) -> PathBuf {

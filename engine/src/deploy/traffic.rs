@@ -116,7 +116,7 @@ pub fn traffic_switch(spec: &DeploySpec, state_dir: &Path) -> Result<Arc<dyn Tra
             "missing; add a [traffic] table with driver = \"nginx\", \"command\" or \"none\"",
         ));
     };
-    let default_record = || StateFiles::new(state_dir, &spec.app, &spec.env).upstream();
+    let default_record = || StateFiles::for_spec(state_dir, spec).upstream();
     Ok(match traffic.driver(&spec.app, &spec.env)? {
         DriverConfig::Nginx { upstream_file, upstream_name, test_command, reload_command, timeout } => {
             Arc::new(NginxSwitch::new(NginxConfig {

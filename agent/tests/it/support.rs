@@ -1,0 +1,755 @@
+//! What the agent's integration tests share: the real services (Docker, LocalStack, nginx) or a
+//! skip, a fresh bucket per test, images `FROM scratch` with busybox httpd pushed to it, the
+//! agent as a child process, the `s3dock` CLI (in-process and as a binary), nginx, and a
+//! bounded load loop.
+//!
+//! A missing service skips the test with a message on stderr, or fails it when `CI` is set.
+//! Every wait has a deadline; every loop is bounded.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use s3dock_core::clock::SystemClock;
+use s3dock_core::docs::{self, AgentRegistration, AuditRecord, DeployDetails};
+use s3dock_core::gzip::GzipOptions;
+use s3dock_core::layout;
+use s3dock_core::names::{AgentId, AppName, EnvName, ImageRef};
+use s3dock_core::registry::{EventMode, HistoryQuery, Registry};
+use s3dock_core::sqs::{SqsClient, SqsConfig, SqsQueue};
+use s3dock_core::store::{S3Config, S3Store, read_small};
+use s3dock_core::transfer::Progress;
+use s3dock_engine::deploy::{ColorPorts, LABEL_APP, LABEL_ENV};
+use s3dock_engine::ship::{self, GitOverride, PushRequest};
+use s3dock_engine::{BollardEngine, BuildOptions, ContainerFilter, ContainerSummary, DockerEngine, context_tar};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+pub const NGINX: &str = "/usr/sbin/nginx";
+pub const ENV: &str = "production";
+pub const REGION: &str = "us-east-1";
+/// No wait in these tests is longer: a hang is a failure, not a stuck run.
+pub const LONG: Duration = Duration::from_secs(90);
+
+fn ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+fn skip(why: &str) {
+    if ci() {
+        panic!("CI is set but {why}");
+    }
+    eprintln!("SKIPPED: {why}; set CI=1 to make this a failure");
+}
+
+/// Everything one test needs, or `None` (after saying why) when a service is missing.
+pub async fn world(with_nginx: bool) -> Option<World> {
+    let engine = match BollardEngine::connect().await {
+        Ok(e) => e,
+        Err(e) => {
+            skip(&format!("the Docker engine is unreachable ({e})"));
+            return None;
+        }
+    };
+    let endpoint = match std::env::var("S3DOCK_TEST_S3_ENDPOINT") {
+        Ok(v) if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("aws") => v.trim().to_owned(),
+        _ => {
+            skip(
+                "LocalStack is not configured (S3DOCK_TEST_S3_ENDPOINT); run `tests/services.sh localstack-start && eval \"$(tests/services.sh env)\"`",
+            );
+            return None;
+        }
+    };
+    if with_nginx && !Path::new(NGINX).exists() {
+        skip(&format!("{NGINX} is missing (apt-get install nginx)"));
+        return None;
+    }
+    if !Path::new("/bin/busybox").exists() {
+        skip("/bin/busybox is missing (apt-get install busybox-static)");
+        return None;
+    }
+    Some(World::new(engine, endpoint).await)
+}
+
+/// Skips the test when a service is missing.
+macro_rules! world_or_skip {
+    ($nginx:expr) => {
+        match crate::support::world($nginx).await {
+            Some(w) => w,
+            None => return,
+        }
+    };
+}
+pub(crate) use world_or_skip;
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// Two free 127.0.0.1 ports (held at once, so they differ).
+pub fn two_ports() -> ColorPorts {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    ColorPorts { blue: a.local_addr().unwrap().port(), green: b.local_addr().unwrap().port() }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// What a test image does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Serves `/` (with the marker) and `/health.html`.
+    Good,
+    /// Serves `/` but not `/health.html`: its health check never passes.
+    NoHealth,
+    /// Starts serving (healthy) only after this many seconds.
+    SlowStart(u32),
+}
+
+/// One test: a fresh bucket, a unique app, a temporary directory, and the cleanup of the
+/// containers, images and queues it made.
+pub struct World {
+    pub engine: BollardEngine,
+    pub endpoint: String,
+    pub bucket: String,
+    pub store: Arc<S3Store>,
+    /// Pushes images (inline events: the `push` audit records are written).
+    pub registry: Registry,
+    pub sqs: SqsClient,
+    pub dir: tempfile::TempDir,
+    pub app: String,
+    queues: std::sync::Mutex<Vec<String>>,
+}
+
+impl World {
+    async fn new(engine: BollardEngine, endpoint: String) -> World {
+        let app = unique("agt");
+        let bucket = format!("s3dock-agent-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        s3dock_core::testing::create_test_bucket(&endpoint, &bucket).await;
+        let mut cfg = S3Config::new(&bucket).unwrap();
+        cfg.endpoint = Some(endpoint.clone());
+        cfg.path_style = true;
+        cfg.region = Some(REGION.into());
+        let store = Arc::new(S3Store::connect(cfg).await.expect("the test bucket"));
+        let registry = Registry::new(store.clone(), Arc::new(SystemClock), "tester", EventMode::Inline);
+        let sqs = SqsClient::connect(&SqsConfig {
+            region: Some(REGION.into()),
+            endpoint: Some(endpoint.clone()),
+            ..SqsConfig::default()
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // nginx workers run as an unprivileged user when the tests run as root.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let world = World { engine, endpoint, bucket, store, registry, sqs, dir, app, queues: Default::default() };
+        world.cli_config_async().await;
+        world
+    }
+
+    pub fn app(&self) -> AppName {
+        AppName::parse(&self.app).unwrap()
+    }
+
+    pub fn env(&self) -> EnvName {
+        EnvName::parse(ENV).unwrap()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Remembers an agent's queue (and its DLQ) for deletion at the end.
+    pub fn forget_queue_later(&self, url: &str) {
+        self.queues.lock().unwrap().push(url.to_owned());
+    }
+
+    /// Builds `app:tag` `FROM scratch` with busybox httpd on 8080, pushes it to the bucket, and
+    /// removes it from the engine, so the agent has to pull it.
+    pub async fn push_image(&self, tag: &str, marker: &str, kind: Kind) -> ImageRef {
+        let image = ImageRef::parse(&format!("{}:{tag}", self.app)).unwrap();
+        let serve = r#"["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]"#.to_owned();
+        let cmd = match kind {
+            Kind::SlowStart(secs) => {
+                format!(r#"["/bin/busybox", "sh", "-c", "sleep {secs}; exec /bin/busybox httpd -f -p 8080 -h /www"]"#)
+            }
+            _ => serve,
+        };
+        // The label keeps each test's layers its own (see the engine tests' isolating_label).
+        let dockerfile = format!(
+            "FROM scratch\nLABEL io.s3dock.test.repository=\"{}\"\nCOPY busybox /bin/busybox\nCOPY www /www\nEXPOSE 8080\nCMD {cmd}\n",
+            self.app
+        );
+        let ctx = tempfile::tempdir().unwrap();
+        let write = |name: &str, data: &[u8]| {
+            let p = ctx.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, data).unwrap();
+        };
+        write("Dockerfile", dockerfile.as_bytes());
+        write("busybox", &std::fs::read("/bin/busybox").unwrap());
+        std::fs::set_permissions(ctx.path().join("busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        write("www/index.html", format!("<h1>{marker}</h1>\n").as_bytes());
+        if kind != Kind::NoHealth {
+            write("www/health.html", b"ok\n");
+        }
+        let (tar, dockerfile) = context_tar(ctx.path(), &ctx.path().join("Dockerfile")).unwrap();
+        let opts = BuildOptions { tags: vec![image.to_string()], dockerfile, ..Default::default() };
+        self.engine.build_image(tar, &opts).await.unwrap_or_else(|e| panic!("building {image}: {e}"));
+        let commit = format!("{}{}", image.tag.hash7(), "0".repeat(33));
+        let req = PushRequest {
+            image: image.clone(),
+            git: Some(GitOverride { commit, committed_at: image.tag.time(), source: None }),
+            gzip: GzipOptions { level: 1, ..GzipOptions::default() },
+        };
+        ship::push(&self.engine, &self.registry, &req, &Progress::default(), &CancellationToken::new())
+            .await
+            .unwrap_or_else(|e| panic!("pushing {image}: {e}"));
+        self.engine.remove_image(&image.to_string(), false).await.unwrap();
+        image
+    }
+
+    /// The text of an agent configuration with the test's bucket and LocalStack.
+    pub fn agent_config(&self, id: &str, reconcile: &str, queue: &str, services: &[String]) -> PathBuf {
+        let path = self.path(&format!("agent-{id}.toml"));
+        let text = format!(
+            "agent_id = \"{id}\"\nhost = \"{id}.test\"\nstore = \"s3://{bucket}\"\nregion = \"{REGION}\"\nendpoint = \"{ep}\"\npath_style = true\nstate_dir = \"{state}\"\nreconcile_interval = \"{reconcile}\"\nheartbeat_interval = \"1s\"\nretry_backoff = \"1h\"\n\n[queue]\n{queue}\n\n{services}",
+            bucket = self.bucket,
+            ep = self.endpoint,
+            state = self.path(&format!("state-{id}")).display(),
+            services = services.join("\n"),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A `[[service]]` of the test's app, with short health checks and drain. `traffic` is the
+    /// body of its `[service.traffic]` table.
+    pub fn service(&self, ports: ColorPorts, traffic: &str, extra: &str) -> String {
+        format!(
+            "[[service]]\napp = \"{app}\"\nenv = \"{ENV}\"\ncontainer_port = 8080\nports = {{ blue = {b}, green = {g} }}\ndrain = \"1s\"\nstop_timeout = \"1s\"\nkeep_images = 10\nrestart = \"no\"\n{extra}\n[service.health]\npath = \"/health.html\"\ninterval = \"200ms\"\ntimeout = \"1s\"\nsuccesses = 3\ndeadline = \"6s\"\n[service.traffic]\n{traffic}\n",
+            app = self.app,
+            b = ports.blue,
+            g = ports.green,
+        )
+    }
+
+    /// The CLI's config file: this bucket, inline events (so promotions notify agents). The
+    /// notifier learns the account from STS when this LocalStack runs it (`SERVICES` with
+    /// `sts`), else from the profile's `account_id` (LocalStack's is 000000000000).
+    pub async fn cli_config_async(&self) -> PathBuf {
+        let path = self.path("s3dock.toml");
+        if !path.exists() {
+            let sqs = SqsConfig {
+                region: Some(REGION.into()),
+                endpoint: Some(self.endpoint.clone()),
+                ..SqsConfig::default()
+            };
+            let account = match s3dock_core::sqs::caller_account(&sqs).await {
+                Ok(_) => String::new(),
+                Err(e) => {
+                    eprintln!(
+                        "STS is not available on this LocalStack ({e}); the CLI profile gives account_id instead"
+                    );
+                    "account_id = \"000000000000\"\n".to_owned()
+                }
+            };
+            let text = format!(
+                "[profiles.default]\nstore = \"s3://{}\"\nregion = \"{REGION}\"\nendpoint = \"{}\"\npath_style = true\nevents = \"inline\"\nuser = \"tester\"\n{account}",
+                self.bucket, self.endpoint
+            );
+            std::fs::write(&path, text).unwrap();
+        }
+        path
+    }
+
+    /// [`World::cli_config_async`], once written.
+    pub fn cli_config(&self) -> PathBuf {
+        let path = self.path("s3dock.toml");
+        assert!(path.exists(), "call cli_config_async first (World::new does)");
+        path
+    }
+
+    /// Runs an `s3dock` command in this process (the CLI's own library, exactly what the binary
+    /// runs): its `--json` document, or its error.
+    pub async fn s3dock(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        use clap::Parser;
+        let config = self.cli_config_async().await;
+        let mut argv = vec!["s3dock".to_owned(), "--config".into(), config.display().to_string(), "--quiet".into()];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let cli = s3dock_cli::args::Cli::try_parse_from(&argv).map_err(|e| e.to_string())?;
+        let env = s3dock_cli::settings::Environment {
+            vars: Default::default(),
+            config_dir: Some(self.path("xdg-config")),
+            data_dir: Some(self.path("xdg-data")),
+            home_dir: Some(self.dir.path().to_owned()),
+            hostname: Some("test-host".into()),
+            cwd: Some(self.dir.path().to_owned()),
+        };
+        s3dock_cli::run(&cli, env).await.map(|o| o.json).map_err(|e| e.to_string())
+    }
+
+    /// `s3dock promote IMAGE production` in this process; the agents it notified.
+    pub async fn promote(&self, image: &ImageRef) -> Vec<String> {
+        let out = self.s3dock(&["promote", &image.to_string(), ENV]).await.unwrap();
+        notified(&out)
+    }
+
+    pub async fn registration(&self, agent: &str) -> Option<AgentRegistration> {
+        let key = layout::agent(&self.app(), &self.env(), &AgentId::parse(agent).unwrap());
+        let (bytes, _) = read_small(&*self.store, &key, docs::MAX_DOC_BYTES).await.unwrap()?;
+        Some(docs::decode(key.as_str(), &bytes).unwrap())
+    }
+
+    /// Waits until the agent's registration satisfies `pred`; returns it.
+    pub async fn wait_registration(
+        &self,
+        agent: &str,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&AgentRegistration) -> bool,
+    ) -> AgentRegistration {
+        let deadline = Instant::now() + limit;
+        let mut last = None;
+        loop {
+            if let Some(r) = self.registration(agent).await {
+                if pred(&r) {
+                    return r;
+                }
+                last = Some(r);
+            }
+            assert!(Instant::now() < deadline, "{agent}: never {what} within {limit:?}; last registration: {last:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the agent reports `image` serving and converged.
+    pub async fn wait_converged(&self, agent: &str, image: &ImageRef, limit: Duration) -> AgentRegistration {
+        let want = image.to_string();
+        self.wait_registration(agent, &format!("converged on {want}"), limit, |r| {
+            r.state
+                .as_ref()
+                .is_some_and(|s| s.image.as_deref() == Some(want.as_str()) && s.status.as_deref() == Some("converged"))
+        })
+        .await
+    }
+
+    /// The records of host deploys (`deploy`, and `rollback` for a switch back; not the
+    /// `rollback` records of pointers, whose details have no host), oldest first.
+    pub async fn deploy_records(&self) -> Vec<(AuditRecord, DeployDetails)> {
+        let q = HistoryQuery { types: vec!["deploy".into(), "rollback".into()], ..Default::default() };
+        let mut out: Vec<_> = self
+            .registry
+            .history(&self.app(), &q)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| {
+                let r = e.record.unwrap();
+                r.details.get("host")?;
+                let d: DeployDetails = serde_json::from_value(r.details.clone()).unwrap();
+                Some((r, d))
+            })
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// The containers of the app (any state), optionally of one instance.
+    pub async fn containers(&self) -> Vec<ContainerSummary> {
+        let filter = ContainerFilter::default().label(LABEL_APP, &self.app).label(LABEL_ENV, ENV);
+        self.engine.list_containers(&filter).await.unwrap()
+    }
+
+    /// Exactly one container of the app, running `image`.
+    pub async fn assert_one_container(&self, image: &ImageRef) -> ContainerSummary {
+        let all = self.containers().await;
+        assert_eq!(all.len(), 1, "exactly one container: {all:#?}");
+        let c = all.into_iter().next().unwrap();
+        assert_eq!(c.state, "running", "{c:#?}");
+        assert_eq!(c.labels["io.s3dock.image"], image.to_string());
+        c
+    }
+
+    /// The agent's queue, by the name the agent gives it.
+    pub async fn queue_of(&self, agent: &str) -> SqsQueue {
+        let name = s3dock_agent::queue::queue_name(&AgentId::parse(agent).unwrap());
+        self.sqs.queue_named(&name).await.unwrap()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let engine = self.engine.clone();
+        let app = self.app.clone();
+        let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(|e| e.into_inner()));
+        let sqs = self.sqs.clone();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let filter = ContainerFilter::default().label(LABEL_APP, &app);
+                for c in engine.list_containers(&filter).await.unwrap_or_default() {
+                    if let Err(e) = engine.remove_container(&c.id, true).await {
+                        eprintln!("cleanup: container {}: {e}", c.id);
+                    }
+                }
+                for img in engine.list_images(&app).await.unwrap_or_default() {
+                    for t in img.repo_tags {
+                        let _ = engine.remove_image(&t, true).await;
+                    }
+                }
+                for url in queues {
+                    for u in [url.clone(), format!("{url}{}", s3dock_agent::queue::DLQ_SUFFIX)] {
+                        let _ = sqs.queue(&u).delete_queue().await;
+                    }
+                }
+            })
+        });
+    }
+}
+
+/// The agent ids a promote's inline event notified.
+pub fn notified(promote_json: &serde_json::Value) -> Vec<String> {
+    promote_json["event"]["notified"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// The `s3dock` binary: `S3DOCK_BIN`, else beside this test (`cargo test --workspace` and
+/// `cargo build -p s3dock` put it there). `None` (skip) when it is not built, unless `CI`.
+pub fn s3dock_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("S3DOCK_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("s3dock");
+    if bin.is_file() {
+        return Some(bin);
+    }
+    skip("the s3dock binary is not built next to the tests (cargo build -p s3dock, or set S3DOCK_BIN)");
+    None
+}
+
+// ------------------------------------------------------------------------------ the agent
+
+/// `s3dock-agent` as a child process, its stderr in a file.
+pub struct Agent {
+    pub id: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `s3dock-agent --config CONFIG` with the test's AWS settings (inherited) and
+    /// `extra` environment.
+    pub fn start(world: &World, id: &str, config: &Path, extra: &[(&str, &str)]) -> Agent {
+        let n = std::fs::read_dir(world.dir.path()).map(|d| d.count()).unwrap_or(0);
+        let log = world.path(&format!("agent-{id}-{n}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3dock-agent"));
+        cmd.arg("--config")
+            .arg(config)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove(s3dock_agent::fault::CRASH_AT_ENV)
+            .env("RUST_LOG", "warn,s3dock_agent=info,s3dock_engine=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file));
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("starting s3dock-agent");
+        Agent { id: id.to_owned(), child: Some(child), log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the agent's stderr contains `needle`.
+    pub async fn wait_log(&mut self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("agent {} exited ({status}) before logging {needle:?}:\n{}", self.id, self.log_text());
+            }
+            assert!(Instant::now() < deadline, "agent {} never logged {needle:?}:\n{}", self.id, self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM, the way systemd stops it.
+    pub fn sigterm(&self) {
+        let ok = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap().success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// SIGKILL (std's `Child::kill`), and reaps it.
+    pub fn sigkill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{status}");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.as_mut().expect("running").try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "agent {} did not exit within {limit:?}:\n{}", self.id, self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit status (within `limit`).
+    pub async fn stop(&mut self, limit: Duration) -> ExitStatus {
+        self.sigterm();
+        self.wait_exit(limit).await
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            if std::thread::panicking() {
+                eprintln!("--- agent {} log ---\n{}", self.id, self.log_text());
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------ nginx
+
+/// nginx as a child process (`daemon off`, everything under its own directory), proxying
+/// `127.0.0.1:{port}` to the upstream file the agent's nginx driver writes.
+pub struct Nginx {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Nginx {
+    /// Starts with a hand-written upstream naming `initial_port`, as before a first deploy.
+    pub async fn start(world: &World, initial_port: u16) -> Nginx {
+        let dir = world.path("nginx");
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            dir.join("conf.d/upstream.conf"),
+            format!("upstream s3dock_test {{\n    server 127.0.0.1:{initial_port};\n}}\n"),
+        )
+        .unwrap();
+        let port = free_port();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process on;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log notice;\nevents {{ worker_connections 1024; }}\nhttp {{\n    access_log off;\n    client_body_temp_path {d}/tmp/client;\n    proxy_temp_path {d}/tmp/proxy;\n    fastcgi_temp_path {d}/tmp/fastcgi;\n    uwsgi_temp_path {d}/tmp/uwsgi;\n    scgi_temp_path {d}/tmp/scgi;\n    include {d}/conf.d/*.conf;\n    server {{\n        listen 127.0.0.1:{port};\n        location / {{\n            proxy_pass http://s3dock_test;\n            proxy_connect_timeout 2s;\n            proxy_read_timeout 5s;\n        }}\n    }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut nginx = Nginx { dir, port, child: None };
+        let child = Command::new(NGINX)
+            .args(nginx.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nginx");
+        nginx.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return nginx;
+            }
+            if let Some(status) = nginx.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("nginx exited with {status}: {}", nginx.error_log());
+            }
+            assert!(Instant::now() < deadline, "nginx did not listen: {}", nginx.error_log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "-p".into(),
+            format!("{}/", self.dir.display()),
+            "-c".into(),
+            self.dir.join("nginx.conf").display().to_string(),
+            "-e".into(),
+            self.dir.join("error.log").display().to_string(),
+        ]
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// The body of a `[service.traffic]` table for this nginx.
+    pub fn traffic(&self) -> String {
+        let quoted =
+            |v: Vec<String>| format!("[{}]", v.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", "));
+        let mut test = vec![NGINX.to_owned(), "-t".into(), "-q".into()];
+        test.extend(self.args());
+        let mut reload = vec![NGINX.to_owned(), "-s".into(), "reload".into()];
+        reload.extend(self.args());
+        format!(
+            "driver = \"nginx\"\nupstream_file = \"{}\"\nupstream_name = \"s3dock_test\"\ntest_command = {}\nreload_command = {}\n",
+            self.dir.join("conf.d/upstream.conf").display(),
+            quoted(test),
+            quoted(reload)
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new(NGINX).args(["-s", "stop"]).args(self.args()).stderr(Stdio::null()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port`, a new connection: status and whole response.
+pub async fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+        Ok(Ok(text)) => match text.split(' ').nth(1).and_then(|c| c.parse().ok()) {
+            Some(code) => Ok((code, text)),
+            None => Err(format!("not HTTP: {text:?}")),
+        },
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Polls until `/` on `port` answers 200 with `marker`, then requires 5 more in a row.
+pub async fn assert_serves(port: u16, marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let last = match get(port, "/").await {
+            Ok((200, body)) if body.contains(marker) => break,
+            Ok((code, body)) => format!("{code}: {body}"),
+            Err(e) => e,
+        };
+        assert!(Instant::now() < deadline, "never served {marker:?}; last: {last}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        let (code, body) = get(port, "/").await.unwrap();
+        assert!(code == 200 && body.contains(marker), "expected {marker:?}, got {code}: {body}");
+    }
+}
+
+/// A bounded load loop: `workers` clients, each paced at `per_worker_rps`, each request a new
+/// connection, until finished (or 120 s, or 100k requests).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    workers: Vec<tokio::task::JoinHandle<LoadCount>>,
+}
+
+#[derive(Debug, Default)]
+pub struct LoadCount {
+    pub ok: u64,
+    pub failed: u64,
+    pub failures: Vec<String>,
+    pub seen: BTreeSet<String>,
+}
+
+impl LoadCount {
+    pub fn total(&self) -> u64 {
+        self.ok + self.failed
+    }
+}
+
+impl Load {
+    /// A request succeeds when it answers 200 with one of `markers`.
+    pub fn start(port: u16, markers: &[&str], workers: usize, per_worker_rps: u32) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let markers: Arc<Vec<String>> = Arc::new(markers.iter().map(|m| (*m).to_owned()).collect());
+        let handles = (0..workers)
+            .map(|_| {
+                let (stop, markers) = (stop.clone(), markers.clone());
+                tokio::spawn(async move {
+                    let mut count = LoadCount::default();
+                    let pace = Duration::from_secs(1) / per_worker_rps;
+                    let mut next = Instant::now();
+                    while !stop.load(Ordering::Relaxed)
+                        && started.elapsed() < Duration::from_secs(120)
+                        && count.total() < 100_000
+                    {
+                        match get(port, "/").await {
+                            Ok((200, body)) if markers.iter().any(|m| body.contains(m.as_str())) => {
+                                count.ok += 1;
+                                if let Some(m) = markers.iter().find(|m| body.contains(m.as_str())) {
+                                    count.seen.insert(m.clone());
+                                }
+                            }
+                            other => {
+                                count.failed += 1;
+                                if count.failures.len() < 5 {
+                                    count.failures.push(format!("{other:?}"));
+                                }
+                            }
+                        }
+                        next += pace;
+                        let now = Instant::now();
+                        if next > now {
+                            tokio::time::sleep(next - now).await;
+                        } else {
+                            next = now;
+                        }
+                    }
+                    count
+                })
+            })
+            .collect();
+        Load { stop, started, workers: handles }
+    }
+
+    pub async fn finish(self) -> (LoadCount, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadCount::default();
+        for w in self.workers {
+            let c = w.await.unwrap();
+            total.ok += c.ok;
+            total.failed += c.failed;
+            total.failures.extend(c.failures);
+            total.seen.extend(c.seen);
+        }
+        (total, self.started.elapsed())
+    }
+}
