@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole main job on one machine with Docker and no AWS: build the example app, push it to
-# the local directory store, tag it, promote it, pull it back and run it.
+# the local directory store, tag it, promote it, pull it back and deploy it blue-green.
 #
 #   examples/demo.sh            (from the repository root)
 #
@@ -9,7 +9,9 @@
 #                  ${XDG_DATA_HOME:-~/.local/share}/s3dock/store)
 #   BUSYBOX        a static busybox to put in the image (default /bin/busybox,
 #                  from Debian's busybox-static)
-#   DEMO_PORT      the host port the demo serves on (default 18480, on 127.0.0.1)
+#   DEMO_PORT      the host ports the demo serves on: DEMO_PORT (blue) and DEMO_PORT+1 (green),
+#                  on 127.0.0.1 (default 18480)
+#   DEMO_KEEP=1    leave the deployed container running at the end
 #
 # The example is committed into a throw-away git repository with a fixed author and date, so
 # every run produces the same commit and the same tag: a second run shows the skips (push up
@@ -35,9 +37,15 @@ s3dock() { "$CARGO_TARGET_DIR/debug/s3dock" "$@"; }
 export S3DOCK_STORE=${S3DOCK_STORE:-${XDG_DATA_HOME:-$HOME/.local/share}/s3dock/store}
 port=${DEMO_PORT:-18480}
 work=$(mktemp -d)
-container=""
+state=${XDG_STATE_HOME:-$HOME/.local/state}/s3dock/demo
+mkdir -p "$state"
 cleanup() {
-  [ -n "$container" ] && docker rm -f "$container" >/dev/null 2>&1 || true
+  if [ "${DEMO_KEEP:-0}" != 1 ]; then
+    for c in $(docker ps -aq --filter label=io.s3dock.app=hello --filter label=io.s3dock.env=production); do
+      docker rm -f "$c" >/dev/null 2>&1 || true
+    done
+    rm -rf "$state"
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -71,20 +79,44 @@ say "docker rmi $image, then s3dock pull hello production"
 docker rmi -f "$image" >/dev/null
 s3dock pull hello production
 
-say "running $image on 127.0.0.1:$port"
-container=$(docker run -d --rm -p "127.0.0.1:$port:8080" "$image")
+say "s3dock deploy --blue-green hello production"
+# The service spec a host agent would have in its [[service]] table: container port, the two
+# colors' host ports, the health check, and the traffic driver ("none" here: the demo reads the
+# serving port from the result; on a host it is nginx or a command).
+cat > "$work/service.toml" <<TOML
+app = "hello"
+env = "production"
+container_port = 8080
+ports = { blue = $port, green = $((port + 1)) }
+drain = "1s"
+[health]
+path = "/health"
+deadline = "30s"
+[traffic]
+driver = "none"
+TOML
+result=$(s3dock deploy --blue-green hello production --service "$work/service.toml" --state-dir "$state" --json)
+color=$(grep -o '"color": *"[a-z]*"' <<<"$result" | grep -o '[a-z]*"$' | tr -d '"')
+served=$port
+[ "$color" = green ] && served=$((port + 1))
+echo "$result" | grep -E '"(result|color|image)"' | sed 's/^ */  /'
 for _ in $(seq 1 50); do
-  if page=$(exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && cat <&3); then
+  if page=$(exec 3<>"/dev/tcp/127.0.0.1/$served" && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && cat <&3); then
     if grep -q "hello from s3dock" <<<"$page"; then break; fi
   fi
   sleep 0.2
 done
-grep -q "hello from s3dock" <<<"${page:-}" || die "the container did not answer on 127.0.0.1:$port"
-echo "GET http://127.0.0.1:$port/ -> $(grep -o '<h1>.*</h1>' <<<"$page")"
+grep -q "hello from s3dock" <<<"${page:-}" || die "the deployed container did not answer on 127.0.0.1:$served"
+echo "GET http://127.0.0.1:$served/ ($color) -> $(grep -o '<h1>.*</h1>' <<<"$page")"
 
 say "s3dock history hello"
 s3dock history hello --limit 5
 
 say "done"
+if [ "${DEMO_KEEP:-0}" = 1 ]; then
+  echo "hello keeps running on 127.0.0.1:$served (state in $state); run the demo again to see the skips"
+else
+  echo "the deployed container was removed (DEMO_KEEP=1 keeps it)"
+fi
 echo "the bucket is the directory $S3DOCK_STORE:"
 (cd "$S3DOCK_STORE" && find images tags pointers -type f | sort | sed 's/^/  /')
