@@ -9,6 +9,7 @@
 //! - [`context`]: the build context tar, streamed, filtered by `.dockerignore` with Docker's
 //!   semantics.
 //! - [`ship`]: push (save -> gzip -> bucket) and pull (bucket -> verify -> gunzip -> load).
+//! - [`testing`]: fixtures for the integration tests (nginx on loopback, an HTTP client, a load loop).
 //! - [`build`](mod@build): the build flow `s3dock build` runs, and the provenance labels it writes.
 //! - [`deploy`]: blue-green deploys on one host (service spec, traffic drivers, health checks,
 //!   crash-safe state), shared by `s3dock deploy --blue-green` and the host agent.
@@ -20,6 +21,7 @@ pub mod deploy;
 pub mod docker;
 pub mod git;
 pub mod ship;
+pub mod testing;
 
 pub use archive::{ArchiveFormat, archive_format_of, sniff_archive_format};
 pub use build::{BuildError, BuildRequest, BuildResult, GitLabels, build, labels_to_git};

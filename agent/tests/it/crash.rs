@@ -15,10 +15,11 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_killed_at_any_step_converges_on_restart() {
     let w = world_or_skip!(true);
-    let nginx = Nginx::start(&w, free_port()).await;
+    let nginx = start_nginx(&w, free_port()).await;
     let v1 = w.push_image("20250701-1000-d000001", "crash one", Kind::Good).await;
     let v2 = w.push_image("20250702-1000-d000002", "crash two", Kind::Good).await;
-    let config = w.agent_config("web-1", "2s", "mode = \"none\"", &[w.service(two_ports(), &nginx.traffic(), "")]);
+    let config =
+        w.agent_config("web-1", "2s", "mode = \"none\"", &[w.service(two_ports(), &nginx_traffic(&nginx), "")]);
     let state_file = w.path("state-web-1").join(&w.app).join(format!("{ENV}.json"));
     let phase = || -> Option<String> {
         let text = std::fs::read_to_string(&state_file).ok()?;

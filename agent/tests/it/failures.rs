@@ -8,11 +8,12 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_image_never_gets_traffic_and_rollback_restores_the_previous_one() {
     let w = world_or_skip!(true);
-    let nginx = Nginx::start(&w, free_port()).await;
+    let nginx = start_nginx(&w, free_port()).await;
     let v1 = w.push_image("20250701-1000-c000001", "steady one", Kind::Good).await;
     let v2 = w.push_image("20250702-1000-c000002", "steady two", Kind::Good).await;
     let bad = w.push_image("20250703-1000-c000003", "broken three", Kind::NoHealth).await;
-    let config = w.agent_config("web-1", "2s", "mode = \"none\"", &[w.service(two_ports(), &nginx.traffic(), "")]);
+    let config =
+        w.agent_config("web-1", "2s", "mode = \"none\"", &[w.service(two_ports(), &nginx_traffic(&nginx), "")]);
     let mut agent = Agent::start(&w, "web-1", &config, &[]);
 
     w.promote(&v1).await;

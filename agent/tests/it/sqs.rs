@@ -10,13 +10,13 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_promotion_reaches_the_agent_through_its_queue_and_the_switch_drops_no_request() {
     let w = world_or_skip!(true);
-    let nginx = Nginx::start(&w, free_port()).await;
+    let nginx = start_nginx(&w, free_port()).await;
     let v1 = w.push_image("20250701-1000-a000001", "version one", Kind::Good).await;
     let v2 = w.push_image("20250702-1000-a000002", "version two", Kind::Good).await;
 
     // The reconcile interval is long: only the queue can explain a deploy within seconds.
     let queue = "mode = \"create\"\nvisibility_timeout = \"30s\"\nmax_receive_count = 3\nwait = \"2s\"";
-    let config = w.agent_config("web-1", "10m", queue, &[w.service(two_ports(), &nginx.traffic(), "")]);
+    let config = w.agent_config("web-1", "10m", queue, &[w.service(two_ports(), &nginx_traffic(&nginx), "")]);
     let mut agent = Agent::start(&w, "web-1", &config, &[]);
     let reg = w
         .wait_registration("web-1", "registered with its queue", LONG, |r| {

@@ -6,12 +6,10 @@
 //! A missing service skips the test with a message on stderr, or fails it when `CI` is set.
 //! Every wait has a deadline; every loop is bounded.
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use s3dock_core::clock::SystemClock;
@@ -26,10 +24,9 @@ use s3dock_core::transfer::Progress;
 use s3dock_engine::deploy::{ColorPorts, LABEL_APP, LABEL_ENV};
 use s3dock_engine::ship::{self, GitOverride, PushRequest};
 use s3dock_engine::{BollardEngine, BuildOptions, ContainerFilter, ContainerSummary, DockerEngine, context_tar};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-pub const NGINX: &str = "/usr/sbin/nginx";
+pub use s3dock_engine::testing::{Load, NGINX, Nginx, assert_serves, free_port, two_free_ports as two_ports};
 pub const ENV: &str = "production";
 pub const REGION: &str = "us-east-1";
 /// No wait in these tests is longer: a hang is a failure, not a stuck run.
@@ -91,16 +88,6 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Two free 127.0.0.1 ports (held at once, so they differ).
-pub fn two_ports() -> ColorPorts {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    ColorPorts { blue: a.local_addr().unwrap().port(), green: b.local_addr().unwrap().port() }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// What a test image does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -539,217 +526,20 @@ impl Drop for Agent {
 
 // ------------------------------------------------------------------------------ nginx
 
-/// nginx as a child process (`daemon off`, everything under its own directory), proxying
-/// `127.0.0.1:{port}` to the upstream file the agent's nginx driver writes.
-pub struct Nginx {
-    pub dir: PathBuf,
-    pub port: u16,
-    child: Option<Child>,
+/// nginx under the world's directory, proxying to the upstream the agent's nginx driver
+/// writes; its upstream names `initial_port` until the first deploy.
+pub async fn start_nginx(world: &World, initial_port: u16) -> Nginx {
+    Nginx::start(world.path("nginx"), "s3dock_test", initial_port).await
 }
 
-impl Nginx {
-    /// Starts with a hand-written upstream naming `initial_port`, as before a first deploy.
-    pub async fn start(world: &World, initial_port: u16) -> Nginx {
-        let dir = world.path("nginx");
-        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(
-            dir.join("conf.d/upstream.conf"),
-            format!("upstream s3dock_test {{\n    server 127.0.0.1:{initial_port};\n}}\n"),
-        )
-        .unwrap();
-        let port = free_port();
-        let d = dir.display();
-        let conf = format!(
-            "daemon off;\nmaster_process on;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log notice;\nevents {{ worker_connections 1024; }}\nhttp {{\n    access_log off;\n    client_body_temp_path {d}/tmp/client;\n    proxy_temp_path {d}/tmp/proxy;\n    fastcgi_temp_path {d}/tmp/fastcgi;\n    uwsgi_temp_path {d}/tmp/uwsgi;\n    scgi_temp_path {d}/tmp/scgi;\n    include {d}/conf.d/*.conf;\n    server {{\n        listen 127.0.0.1:{port};\n        location / {{\n            proxy_pass http://s3dock_test;\n            proxy_connect_timeout 2s;\n            proxy_read_timeout 5s;\n        }}\n    }}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let mut nginx = Nginx { dir, port, child: None };
-        let child = Command::new(NGINX)
-            .args(nginx.args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting nginx");
-        nginx.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return nginx;
-            }
-            if let Some(status) = nginx.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("nginx exited with {status}: {}", nginx.error_log());
-            }
-            assert!(Instant::now() < deadline, "nginx did not listen: {}", nginx.error_log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn args(&self) -> Vec<String> {
-        vec![
-            "-p".into(),
-            format!("{}/", self.dir.display()),
-            "-c".into(),
-            self.dir.join("nginx.conf").display().to_string(),
-            "-e".into(),
-            self.dir.join("error.log").display().to_string(),
-        ]
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-
-    /// The body of a `[service.traffic]` table for this nginx.
-    pub fn traffic(&self) -> String {
-        let quoted =
-            |v: Vec<String>| format!("[{}]", v.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", "));
-        let mut test = vec![NGINX.to_owned(), "-t".into(), "-q".into()];
-        test.extend(self.args());
-        let mut reload = vec![NGINX.to_owned(), "-s".into(), "reload".into()];
-        reload.extend(self.args());
-        format!(
-            "driver = \"nginx\"\nupstream_file = \"{}\"\nupstream_name = \"s3dock_test\"\ntest_command = {}\nreload_command = {}\n",
-            self.dir.join("conf.d/upstream.conf").display(),
-            quoted(test),
-            quoted(reload)
-        )
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new(NGINX).args(["-s", "stop"]).args(self.args()).stderr(Stdio::null()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// `GET path` on 127.0.0.1:`port`, a new connection: status and whole response.
-pub async fn get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-        Ok(Ok(text)) => match text.split(' ').nth(1).and_then(|c| c.parse().ok()) {
-            Some(code) => Ok((code, text)),
-            None => Err(format!("not HTTP: {text:?}")),
-        },
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
-    }
-}
-
-/// Polls until `/` on `port` answers 200 with `marker`, then requires 5 more in a row.
-pub async fn assert_serves(port: u16, marker: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let last = match get(port, "/").await {
-            Ok((200, body)) if body.contains(marker) => break,
-            Ok((code, body)) => format!("{code}: {body}"),
-            Err(e) => e,
-        };
-        assert!(Instant::now() < deadline, "never served {marker:?}; last: {last}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for _ in 0..5 {
-        let (code, body) = get(port, "/").await.unwrap();
-        assert!(code == 200 && body.contains(marker), "expected {marker:?}, got {code}: {body}");
-    }
-}
-
-/// A bounded load loop: `workers` clients, each paced at `per_worker_rps`, each request a new
-/// connection, until finished (or 120 s, or 100k requests).
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    started: Instant,
-    workers: Vec<tokio::task::JoinHandle<LoadCount>>,
-}
-
-#[derive(Debug, Default)]
-pub struct LoadCount {
-    pub ok: u64,
-    pub failed: u64,
-    pub failures: Vec<String>,
-    pub seen: BTreeSet<String>,
-}
-
-impl LoadCount {
-    pub fn total(&self) -> u64 {
-        self.ok + self.failed
-    }
-}
-
-impl Load {
-    /// A request succeeds when it answers 200 with one of `markers`.
-    pub fn start(port: u16, markers: &[&str], workers: usize, per_worker_rps: u32) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let markers: Arc<Vec<String>> = Arc::new(markers.iter().map(|m| (*m).to_owned()).collect());
-        let handles = (0..workers)
-            .map(|_| {
-                let (stop, markers) = (stop.clone(), markers.clone());
-                tokio::spawn(async move {
-                    let mut count = LoadCount::default();
-                    let pace = Duration::from_secs(1) / per_worker_rps;
-                    let mut next = Instant::now();
-                    while !stop.load(Ordering::Relaxed)
-                        && started.elapsed() < Duration::from_secs(120)
-                        && count.total() < 100_000
-                    {
-                        match get(port, "/").await {
-                            Ok((200, body)) if markers.iter().any(|m| body.contains(m.as_str())) => {
-                                count.ok += 1;
-                                if let Some(m) = markers.iter().find(|m| body.contains(m.as_str())) {
-                                    count.seen.insert(m.clone());
-                                }
-                            }
-                            other => {
-                                count.failed += 1;
-                                if count.failures.len() < 5 {
-                                    count.failures.push(format!("{other:?}"));
-                                }
-                            }
-                        }
-                        next += pace;
-                        let now = Instant::now();
-                        if next > now {
-                            tokio::time::sleep(next - now).await;
-                        } else {
-                            next = now;
-                        }
-                    }
-                    count
-                })
-            })
-            .collect();
-        Load { stop, started, workers: handles }
-    }
-
-    pub async fn finish(self) -> (LoadCount, Duration) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = LoadCount::default();
-        for w in self.workers {
-            let c = w.await.unwrap();
-            total.ok += c.ok;
-            total.failed += c.failed;
-            total.failures.extend(c.failures);
-            total.seen.extend(c.seen);
-        }
-        (total, self.started.elapsed())
-    }
+/// The body of a `[service.traffic]` table for this nginx.
+pub fn nginx_traffic(nginx: &Nginx) -> String {
+    let quoted = |v: Vec<String>| format!("[{}]", v.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", "));
+    format!(
+        "driver = \"nginx\"\nupstream_file = \"{}\"\nupstream_name = \"{}\"\ntest_command = {}\nreload_command = {}\n",
+        nginx.upstream_file().display(),
+        nginx.upstream_name,
+        quoted(nginx.test_command()),
+        quoted(nginx.reload_command())
+    )
 }

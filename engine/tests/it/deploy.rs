@@ -4,12 +4,8 @@
 //! Without nginx the tests that need it skip with a message, unless `CI` is set, where that is
 //! a failure (like the engine itself, see `support::engine`).
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use s3dock_core::clock::SystemClock;
@@ -22,31 +18,18 @@ use s3dock_engine::deploy::{
     HealthSpec, LABEL_APP, LABEL_COLOR, LABEL_ENV, LABEL_IMAGE, Phase, Secret, TrafficConfig, TrafficSwitch,
     container_name, traffic_switch,
 };
+use s3dock_engine::testing::{Load, Nginx, assert_serves, free_port, nginx_available, two_free_ports};
 use s3dock_engine::{BollardEngine, ContainerFilter, DockerEngine, RestartPolicy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
 
-const NGINX: &str = "/usr/sbin/nginx";
 /// The upstream name in each test's nginx (each test runs its own nginx).
 const UPSTREAM: &str = "s3dock_under_test";
 const ENV: &str = "production";
 const SECRET: &str = "s3cr3t-value-42";
 /// No deploy in these tests may take longer: a hang is a failure, not a stuck run.
 const DEPLOY_LIMIT: Duration = Duration::from_secs(120);
-
-/// Whether nginx is installed; without it, skip (or fail under CI).
-fn nginx_available() -> bool {
-    if Path::new(NGINX).exists() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set but {NGINX} is missing: apt-get install nginx");
-    }
-    eprintln!("SKIPPED: no nginx at {NGINX} (apt-get install nginx); set CI=1 to make this a failure");
-    false
-}
 
 macro_rules! nginx_or_skip {
     () => {
@@ -56,256 +39,21 @@ macro_rules! nginx_or_skip {
     };
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// nginx in a fresh temp directory; keep the directory alive as long as nginx (declare it
+/// first, so it is dropped last).
+async fn start_nginx(upstream_name: &str, initial_port: u16) -> (tempfile::TempDir, Nginx) {
+    let dir = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(dir.path().to_path_buf(), upstream_name, initial_port).await;
+    (dir, nginx)
 }
 
-fn two_free_ports() -> ColorPorts {
-    // Both held at once, so they differ.
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    ColorPorts { blue: a.local_addr().unwrap().port(), green: b.local_addr().unwrap().port() }
-}
-
-/// nginx as a child process: `daemon off`, every path (pid, logs, temp) in its own directory,
-/// proxying `127.0.0.1:{port}` to the upstream s3dock writes. Stopped on drop.
-struct Nginx {
-    dir: tempfile::TempDir,
-    port: u16,
-    upstream_name: String,
-    child: Option<Child>,
-}
-
-impl Nginx {
-    /// Starts nginx with a hand-written upstream file naming `initial_port` (nothing listens
-    /// there yet: the state before a service's first deploy).
-    async fn start(upstream_name: &str, initial_port: u16) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        // Workers run as an unprivileged user when the tests run as root.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let p = dir.path();
-        std::fs::create_dir_all(p.join("conf.d")).unwrap();
-        std::fs::create_dir_all(p.join("tmp")).unwrap();
-        std::fs::write(
-            p.join("conf.d").join("upstream.conf"),
-            format!("upstream {upstream_name} {{\n    server 127.0.0.1:{initial_port};\n}}\n"),
-        )
-        .unwrap();
-        let port = free_port();
-        let d = p.display();
-        let conf = format!(
-            "daemon off;
-master_process on;
-worker_processes 2;
-pid {d}/nginx.pid;
-error_log {d}/error.log notice;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/tmp/client;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    include {d}/conf.d/*.conf;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://{upstream_name};
-            proxy_connect_timeout 2s;
-            proxy_read_timeout 5s;
-        }}
-    }}
-}}
-"
-        );
-        std::fs::write(p.join("nginx.conf"), conf).unwrap();
-        let mut nginx = Nginx { dir, port, upstream_name: upstream_name.to_owned(), child: None };
-        let child = Command::new(NGINX)
-            .args(nginx.args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting nginx");
-        nginx.child = Some(child);
-        // Bounded wait for it to listen.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return nginx;
-            }
-            if let Some(status) = nginx.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("nginx exited with {status}: {}", nginx.error_log());
-            }
-            assert!(Instant::now() < deadline, "nginx did not listen on 127.0.0.1:{port}: {}", nginx.error_log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn args(&self) -> Vec<String> {
-        let p = self.dir.path();
-        ["-p", &format!("{}/", p.display()), "-c", &p.join("nginx.conf").display().to_string(), "-e"]
-            .into_iter()
-            .map(String::from)
-            .chain([p.join("error.log").display().to_string()])
-            .collect()
-    }
-
-    fn upstream_file(&self) -> PathBuf {
-        self.dir.path().join("conf.d").join("upstream.conf")
-    }
-
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
-    }
-
-    /// The driver config a user would write for this nginx.
-    fn traffic(&self) -> TrafficConfig {
-        let mut test = vec![NGINX.to_owned(), "-t".into(), "-q".into()];
-        test.extend(self.args());
-        let mut reload = vec![NGINX.to_owned(), "-s".into(), "reload".into()];
-        reload.extend(self.args());
-        TrafficConfig {
-            upstream_name: Some(self.upstream_name.clone()),
-            test_command: Some(test),
-            reload_command: Some(reload),
-            ..TrafficConfig::nginx(self.upstream_file())
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new(NGINX).args(["-s", "stop"]).args(self.args()).stderr(Stdio::null()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-/// `GET path` on 127.0.0.1:`port` (HTTP/1.0, a new connection): status and whole response.
-async fn get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-        Ok(Ok(text)) => match text.split(' ').nth(1).and_then(|c| c.parse().ok()) {
-            Some(code) => Ok((code, text)),
-            None => Err(format!("not HTTP: {text:?}")),
-        },
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
-    }
-}
-
-/// Polls nginx until `/` answers 200 with `marker` (a reload takes effect asynchronously),
-/// then requires 5 more answers in a row to be the same.
-async fn assert_serves(port: u16, marker: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let last = match get(port, "/").await {
-            Ok((200, body)) if body.contains(marker) => break,
-            Ok((code, body)) => format!("{code}: {body}"),
-            Err(e) => e,
-        };
-        assert!(Instant::now() < deadline, "nginx never served {marker:?}; last: {last}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for _ in 0..5 {
-        let (code, body) = get(port, "/").await.unwrap();
-        assert!(code == 200 && body.contains(marker), "expected {marker:?}, got {code}: {body}");
-    }
-}
-
-/// A bounded load loop: `workers` clients, each paced at `per_worker_rps`, each request a new
-/// connection through nginx, until stopped (or 120 s, or 100k requests).
-struct Load {
-    stop: Arc<AtomicBool>,
-    started: Instant,
-    workers: Vec<tokio::task::JoinHandle<LoadCount>>,
-}
-
-#[derive(Debug, Default)]
-struct LoadCount {
-    ok: u64,
-    failed: u64,
-    failures: Vec<String>,
-    seen: BTreeSet<String>,
-}
-
-impl Load {
-    fn start(port: u16, markers: &[&str], workers: usize, per_worker_rps: u32) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let markers: Arc<Vec<String>> = Arc::new(markers.iter().map(|m| (*m).to_owned()).collect());
-        let handles = (0..workers)
-            .map(|_| {
-                let stop = stop.clone();
-                let markers = markers.clone();
-                tokio::spawn(async move {
-                    let mut count = LoadCount::default();
-                    let pace = Duration::from_secs(1) / per_worker_rps;
-                    let mut next = Instant::now();
-                    while !stop.load(Ordering::Relaxed)
-                        && started.elapsed() < Duration::from_secs(120)
-                        && count.ok + count.failed < 100_000
-                    {
-                        match get(port, "/").await {
-                            Ok((200, body)) if markers.iter().any(|m| body.contains(m.as_str())) => {
-                                count.ok += 1;
-                                if let Some(m) = markers.iter().find(|m| body.contains(m.as_str())) {
-                                    count.seen.insert(m.clone());
-                                }
-                            }
-                            other => {
-                                count.failed += 1;
-                                if count.failures.len() < 5 {
-                                    count.failures.push(format!("{other:?}"));
-                                }
-                            }
-                        }
-                        next += pace;
-                        let now = Instant::now();
-                        if next > now {
-                            tokio::time::sleep(next - now).await;
-                        } else {
-                            next = now;
-                        }
-                    }
-                    count
-                })
-            })
-            .collect();
-        Load { stop, started, workers: handles }
-    }
-
-    async fn finish(self) -> (LoadCount, Duration) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = LoadCount::default();
-        for w in self.workers {
-            let c = w.await.unwrap();
-            total.ok += c.ok;
-            total.failed += c.failed;
-            total.failures.extend(c.failures);
-            total.seen.extend(c.seen);
-        }
-        (total, self.started.elapsed())
+/// The driver config a user would write for this nginx.
+fn nginx_config(nginx: &Nginx) -> TrafficConfig {
+    TrafficConfig {
+        upstream_name: Some(nginx.upstream_name.clone()),
+        test_command: Some(nginx.test_command()),
+        reload_command: Some(nginx.reload_command()),
+        ..TrafficConfig::nginx(nginx.upstream_file())
     }
 }
 
@@ -491,7 +239,7 @@ impl Service {
 }
 
 fn nginx_traffic(nginx: &Nginx) -> impl FnOnce(&str, ColorPorts) -> TrafficConfig + '_ {
-    move |_, _| nginx.traffic()
+    move |_, _| nginx_config(nginx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -500,7 +248,7 @@ async fn a_new_image_takes_traffic_through_nginx_without_a_failed_request() {
     nginx_or_skip!();
     // nginx needs the upstream before it starts: a hand-written one, as a user has before the
     // first deploy, naming a port where nothing listens yet.
-    let nginx = Nginx::start(UPSTREAM, free_port()).await;
+    let (_nginx_dir, nginx) = start_nginx(UPSTREAM, free_port()).await;
     let mut svc = Service::new(&engine, nginx_traffic(&nginx));
     svc.spec.verify_url = Some(nginx.url("/ready.html"));
     svc.spec.drain = Duration::from_secs(2);
@@ -572,7 +320,7 @@ async fn a_new_image_takes_traffic_through_nginx_without_a_failed_request() {
 async fn failures_never_take_traffic_from_the_old_container() {
     let engine = engine_or_skip!();
     nginx_or_skip!();
-    let nginx = Nginx::start(UPSTREAM, free_port()).await;
+    let (_nginx_dir, nginx) = start_nginx(UPSTREAM, free_port()).await;
     let mut svc = Service::new(&engine, nginx_traffic(&nginx));
     svc.spec.health.deadline = Duration::from_secs(4);
     let app = svc.app.clone();
@@ -658,7 +406,7 @@ async fn failures_never_take_traffic_from_the_old_container() {
 
     // nginx's configuration is broken (by someone else): `nginx -t` refuses, nothing is
     // reloaded, the upstream file is restored byte for byte, the old version keeps serving.
-    let broken = nginx.dir.path().join("conf.d").join("broken.conf");
+    let broken = nginx.dir.join("conf.d").join("broken.conf");
     std::fs::write(&broken, "this is not nginx;\n").unwrap();
     let refused = svc.deploy(&v2).await;
     assert_eq!(refused.result, DeployResult::Failed);
@@ -684,7 +432,7 @@ async fn failures_never_take_traffic_from_the_old_container() {
 async fn a_failed_verification_switches_back() {
     let engine = engine_or_skip!();
     nginx_or_skip!();
-    let nginx = Nginx::start(UPSTREAM, free_port()).await;
+    let (_nginx_dir, nginx) = start_nginx(UPSTREAM, free_port()).await;
     let mut svc = Service::new(&engine, nginx_traffic(&nginx));
     // Verified through nginx, on a page the new version lacks.
     svc.spec.verify_url = Some(nginx.url("/ready.html"));
@@ -737,7 +485,7 @@ impl DeployObserver for CrashAt {
 async fn a_deploy_killed_at_any_step_converges() {
     let engine = engine_or_skip!();
     nginx_or_skip!();
-    let nginx = Nginx::start(UPSTREAM, free_port()).await;
+    let (_nginx_dir, nginx) = start_nginx(UPSTREAM, free_port()).await;
     let mut svc = Service::new(&engine, nginx_traffic(&nginx));
     svc.spec.drain = Duration::from_millis(500);
     let app = svc.app.clone();
