@@ -17,6 +17,7 @@
 //! - [`digest`]: MD5, SHA-256 and size of a stream, hashed as it is read, and their check.
 //! - [`gzip`]: parallel streaming gzip for pushes, multi-member streaming gunzip for pulls.
 //! - [`testing`]: fixtures for the workspace's tests (seeded images, test buckets).
+mod aws;
 pub mod clock;
 pub mod digest;
 pub mod docs;

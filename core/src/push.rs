@@ -76,6 +76,21 @@ pub struct PushOutcome {
     pub event: Option<std::result::Result<Outcome, EventError>>,
 }
 
+impl PushOutcome {
+    /// The outcome of a push the plan skipped: the bucket already holds `record`.
+    pub fn skipped(record: ImageRecord, reason: String) -> Self {
+        PushOutcome {
+            image: record.image,
+            archive_key: record.archive_key,
+            metadata_key: record.metadata_key,
+            digests: None,
+            skipped: Some(reason),
+            archived: vec![],
+            event: None,
+        }
+    }
+}
+
 /// The reason the commit check gives when the upload turns out identical.
 const SAME_CONTENT: &str = "identical content: the bucket already has an archive with this MD5";
 
@@ -326,15 +341,7 @@ mod tests {
 
     async fn push(reg: &Registry, image: &ImageRef, id: &str, body: &'static [u8]) -> Result<PushOutcome> {
         match reg.plan_push(image, id).await? {
-            PushPlan::Skip { record, reason } => Ok(PushOutcome {
-                image: image.clone(),
-                archive_key: record.archive_key,
-                metadata_key: record.metadata_key,
-                digests: None,
-                skipped: Some(reason),
-                archived: vec![],
-                event: None,
-            }),
+            PushPlan::Skip { record, reason } => Ok(PushOutcome::skipped(record, reason)),
             PushPlan::Upload { existing } => {
                 reg.push_archive(image, &facts(id), reader_from_bytes(body), existing).await
             }

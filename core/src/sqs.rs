@@ -23,12 +23,10 @@ use std::error::Error as StdError;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::config::{BehaviorVersion, Region};
+use aws_sdk_sqs::config::Region;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_types::retry::RetryConfig;
-use aws_smithy_types::timeout::TimeoutConfig;
 use sha2::{Digest, Sha256};
 
 use crate::events::{EventError, Notifier};
@@ -223,20 +221,15 @@ impl SqsClient {
 
 /// The AWS SDK configuration for `cfg`: retries, timeouts, profile and region.
 async fn sdk_config(cfg: &SqsConfig) -> aws_config::SdkConfig {
-    let retry = RetryConfig::standard().with_max_attempts(cfg.max_attempts);
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(cfg.connect_timeout)
-        .read_timeout(cfg.read_timeout)
-        .operation_timeout(cfg.operation_timeout)
-        .build();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry).timeout_config(timeouts);
-    if let Some(profile) = &cfg.aws_profile {
-        loader = loader.profile_name(profile);
-    }
-    if let Some(region) = &cfg.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    loader.load().await
+    crate::aws::sdk_config(crate::aws::ClientSettings {
+        max_attempts: cfg.max_attempts,
+        connect_timeout: cfg.connect_timeout,
+        read_timeout: cfg.read_timeout,
+        operation_timeout: cfg.operation_timeout,
+        aws_profile: cfg.aws_profile.as_deref(),
+        region: cfg.region.as_deref(),
+    })
+    .await
 }
 
 /// The account id of the credentials `cfg` resolves to (STS GetCallerIdentity, which needs no

@@ -140,15 +140,7 @@ pub async fn push(
                 image_id: info.id.clone(),
                 image_size: info.size,
                 tar_bytes: 0,
-                outcome: PushOutcome {
-                    image: image.clone(),
-                    archive_key: record.archive_key,
-                    metadata_key: record.metadata_key,
-                    digests: None,
-                    skipped: Some(reason),
-                    archived: vec![],
-                    event: None,
-                },
+                outcome: PushOutcome::skipped(record, reason),
                 seconds: started.elapsed().as_secs_f64(),
             });
         }

@@ -24,16 +24,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
-    BehaviorVersion, ProvideCredentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    SharedCredentialsProvider,
+    ProvideCredentials, Region, RequestChecksumCalculation, ResponseChecksumValidation, SharedCredentialsProvider,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::retries::ErrorKind as RetryErrorKind;
-use aws_smithy_types::retry::RetryConfig;
-use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncReadExt;
@@ -301,20 +298,15 @@ impl S3Store {
     /// unreachable endpoint or missing credentials show up, mapped, on the first operation.
     pub async fn connect(cfg: S3Config) -> Result<S3Store, StoreError> {
         let cfg = cfg.validate()?;
-        let retry = RetryConfig::standard().with_max_attempts(cfg.max_attempts);
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(cfg.connect_timeout)
-            .read_timeout(cfg.read_timeout)
-            .operation_timeout(cfg.operation_timeout)
-            .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry).timeout_config(timeouts);
-        if let Some(profile) = &cfg.aws_profile {
-            loader = loader.profile_name(profile);
-        }
-        if let Some(region) = &cfg.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        let sdk = loader.load().await;
+        let sdk = crate::aws::sdk_config(crate::aws::ClientSettings {
+            max_attempts: cfg.max_attempts,
+            connect_timeout: cfg.connect_timeout,
+            read_timeout: cfg.read_timeout,
+            operation_timeout: cfg.operation_timeout,
+            aws_profile: cfg.aws_profile.as_deref(),
+            region: cfg.region.as_deref(),
+        })
+        .await;
         let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
         let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
             .region(Region::new(region.clone()))
@@ -1175,6 +1167,7 @@ pub(crate) fn has_credentials_error(err: &(dyn StdError + 'static)) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_s3::config::BehaviorVersion;
     use aws_sdk_s3::operation::get_object::GetObjectError;
     use aws_sdk_s3::operation::put_object::PutObjectError;
     use aws_sdk_s3::types::error::NoSuchKey;
@@ -1182,6 +1175,7 @@ mod tests {
     use aws_smithy_runtime_api::http::StatusCode;
     use aws_smithy_types::body::SdkBody;
     use aws_smithy_types::error::ErrorMetadata;
+    use aws_smithy_types::retry::RetryConfig;
 
     use super::*;
 

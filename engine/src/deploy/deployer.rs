@@ -17,7 +17,7 @@ use s3dock_core::names::{AppName, EnvName, ImageRef, ObjectKey};
 use s3dock_core::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use super::health::{HealthCheck, HealthFailure, http_status};
+use super::health::{HealthCheck, HealthFailure, probe};
 use super::spec::{Color, DeploySpec, HttpTarget, SpecError, show_duration};
 use super::state::{DeployState, Phase, Slot, StateError, StateFiles};
 use super::traffic::{TrafficError, TrafficSwitch, Upstream};
@@ -911,22 +911,7 @@ impl Run<'_> {
         let deadline = Instant::now() + self.spec.verify_deadline;
         let mut streak = 0;
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let per_try = h.timeout.min(remaining).max(Duration::from_millis(50));
-            let last = match http_status(&target.host, target.port, &target.path, per_try).await {
-                Ok(code) if (200..300).contains(&code) => {
-                    streak += 1;
-                    format!("answered HTTP {code}")
-                }
-                Ok(code) => {
-                    streak = 0;
-                    format!("answered HTTP {code}")
-                }
-                Err(e) => {
-                    streak = 0;
-                    e
-                }
-            };
+            let last = probe(&target.host, target.port, &target.path, h.timeout, deadline, &mut streak).await;
             if streak >= h.successes {
                 return Ok(());
             }

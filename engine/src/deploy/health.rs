@@ -127,22 +127,7 @@ impl HealthCheck<'_> {
                     logs: logs.iter().map(|l| redact(l, self.secrets)).collect(),
                 });
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let per_try = spec.timeout.min(remaining).max(Duration::from_millis(50));
-            let last = match http_status(&self.host, self.port, &spec.path, per_try).await {
-                Ok(code) if (200..300).contains(&code) => {
-                    streak += 1;
-                    format!("answered HTTP {code}")
-                }
-                Ok(code) => {
-                    streak = 0;
-                    format!("answered HTTP {code}")
-                }
-                Err(e) => {
-                    streak = 0;
-                    e
-                }
-            };
+            let last = probe(&self.host, self.port, &spec.path, spec.timeout, deadline, &mut streak).await;
             if let Some(o) = observer {
                 o.event(&DeployEvent::Probe { color: self.color, ok: streak > 0, streak }).await;
             }
@@ -166,6 +151,34 @@ impl HealthCheck<'_> {
                 _ = cancel.cancelled() => return Err(HealthFailure::Cancelled),
                 _ = tokio::time::sleep(spec.interval.min(deadline - now)) => {}
             }
+        }
+    }
+}
+
+/// One try of a health or verification probe within `deadline`: counts consecutive 2xx
+/// answers in `streak` (reset by anything else) and says what the endpoint answered.
+pub async fn probe(
+    host: &str,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    deadline: Instant,
+    streak: &mut u32,
+) -> String {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let per_try = timeout.min(remaining).max(Duration::from_millis(50));
+    match http_status(host, port, path, per_try).await {
+        Ok(code) if (200..300).contains(&code) => {
+            *streak += 1;
+            format!("answered HTTP {code}")
+        }
+        Ok(code) => {
+            *streak = 0;
+            format!("answered HTTP {code}")
+        }
+        Err(e) => {
+            *streak = 0;
+            e
         }
     }
 }
