@@ -8,7 +8,9 @@
 #    ~/.cache/s3dock the first time (tests/services.sh), and stops them on exit;
 # 3. cargo test --workspace: unit tests, the storage contract suite on every store, the Docker
 #    engine, nginx and LocalStack end-to-end tests, the Lambda pipeline, the template invariants;
-# 4. validates the SAM template offline (infra/validate.sh: cfn-lint and sam validate --lint).
+# 4. validates the SAM template offline (infra/validate.sh: cfn-lint and sam validate --lint on
+#    the template, cfn-lint on the SAM-translated template, and the checkov policy suite on both;
+#    any finding fails).
 #
 # Needs: a Docker engine, nginx, a static busybox at /bin/busybox (Debian: busybox-static), git,
 # python3 with venv, and the Rust toolchain. With CI set, a missing service fails the tests
@@ -55,7 +57,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace --locked "$@"
 
-step "validating the SAM template"
+step "validating the SAM template (cfn-lint, sam validate, translated-template lint, checkov)"
 infra/validate.sh
 
 step "all green"

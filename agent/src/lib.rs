@@ -10,13 +10,20 @@
 //!   memory of failed deploys, and the registration it reports under `agents/`.
 //! - [`runtime`]: the loops (a worker per service, the queue receiver, the heartbeat) and
 //!   the orderly shutdown; the module doc says when a message is deleted.
-//! - [`fault`]: the test-only fault injection (`S3DOCK_AGENT_CRASH_AT`).
+//! - [`check`]: `s3dock-agent --check`, every problem of a setup in one run.
+//! - [`fault`]: the test-only fault injection (`S3DOCK_AGENT_CRASH_AT`, read only by a build with
+//!   the `fault-injection` feature).
 //! - [`launch`]: connecting the real world (S3 or a directory, SQS, Docker) with retries.
 //!
 //! `docs/agent.md` is the user's guide: install, the configuration reference, the loop, the
 //! deploy sequence and its guarantees, troubleshooting.
 
-pub mod config;
+/// The agent's configuration file: read by the engine's [`s3dock_engine::agent_config`], which
+/// `s3dock deploy` shares.
+pub mod config {
+    pub use s3dock_engine::agent_config::*;
+}
+pub mod check;
 pub mod fault;
 pub mod queue;
 pub mod runtime;
@@ -79,7 +86,7 @@ pub async fn launch(
             }
         }
     };
-    let deps = Deps { store, engine, clock: Arc::new(SystemClock), queue };
+    let deps = Deps::new(store, engine, Arc::new(SystemClock), queue);
     run(config, deps, opts, shutdown).await
 }
 

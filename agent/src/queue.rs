@@ -17,7 +17,6 @@ use crate::config::{QueueConfig, QueueMode};
 
 /// SQS's limit on a queue name, the `-dlq` suffix of the dead-letter queue included.
 pub const MAX_QUEUE_NAME: usize = 80;
-pub const QUEUE_PREFIX: &str = "s3dock-agent-";
 pub const DLQ_SUFFIX: &str = "-dlq";
 /// How long SQS keeps a message nobody consumed: the most it allows, so a dead letter waits
 /// as long as possible for someone to look at it.
@@ -55,11 +54,12 @@ impl MessageQueue for SqsQueue {
     }
 }
 
-/// `s3dock-agent-{id}` with `.` as `-` (SQS names allow letters, digits, `-` and `_`). An id
-/// too long for the name and its `-dlq` twin is cut and given a short hash of the whole id,
-/// so two long ids with the same beginning still get two queues.
-pub fn queue_name(id: &AgentId) -> String {
-    let stem = format!("{QUEUE_PREFIX}{}", id.as_str().replace('.', "-"));
+/// `{prefix}{id}` with `.` as `-` (SQS names allow letters, digits, `-` and `_`). An id too
+/// long for the name and its `-dlq` twin is cut and given a short hash of the whole id, so two
+/// long ids with the same beginning still get two queues. (The stack's agent policy names the
+/// queue `{prefix}{agent_id}` exactly: only ids without `.` that fit are covered by it.)
+pub fn queue_name(prefix: &str, id: &AgentId) -> String {
+    let stem = format!("{prefix}{}", id.as_str().replace('.', "-"));
     let max = MAX_QUEUE_NAME - DLQ_SUFFIX.len();
     if stem.len() <= max {
         return stem;
@@ -75,13 +75,13 @@ pub fn dlq_name(queue: &str) -> String {
     format!("{queue}{DLQ_SUFFIX}")
 }
 
-/// Opens the queue the configuration asks for: creates `s3dock-agent-{id}` and its DLQ
+/// Opens the queue the configuration asks for: creates `{name_prefix}{id}` and its DLQ
 /// (`create`), checks a given one exists (`url`), or none.
 ///
-/// Creating is idempotent and also repairs: both queues are created without attributes (SQS
-/// refuses `CreateQueue` for an existing queue whose attributes differ) and then get theirs
-/// with `SetQueueAttributes`, so a changed `visibility_timeout` or `max_receive_count` takes
-/// effect at the next start.
+/// Both queues are created with their attributes, which is idempotent while the settings stay
+/// the same. The stack's agent policy grants no `SetQueueAttributes` (it could change a queue's
+/// access policy), so after a settings change the existing queue keeps its old attributes when
+/// the agent may not set them: a warning says so, and an operator changes them.
 pub async fn open(client: &SqsClient, id: &AgentId, cfg: &QueueConfig) -> Result<Option<SqsQueue>, QueueError> {
     match &cfg.mode {
         QueueMode::None => Ok(None),
@@ -92,21 +92,40 @@ pub async fn open(client: &SqsClient, id: &AgentId, cfg: &QueueConfig) -> Result
             Ok(Some(queue))
         }
         QueueMode::Create => {
-            let name = queue_name(id);
-            let dlq = client.create_queue(&dlq_name(&name), &QueueSettings::default()).await?;
-            dlq.set_attributes(&QueueSettings { message_retention: Some(DLQ_RETENTION), ..Default::default() }).await?;
+            let name = queue_name(&cfg.name_prefix, id);
+            let dlq_settings = QueueSettings { message_retention: Some(DLQ_RETENTION), ..Default::default() };
+            let dlq = create_or_update(client, &dlq_name(&name), &dlq_settings).await?;
             let dlq_arn = dlq.arn().await?;
-            let queue = client.create_queue(&name, &QueueSettings::default()).await?;
-            queue
-                .set_attributes(&QueueSettings {
-                    visibility_timeout: Some(cfg.visibility_timeout),
-                    message_retention: None,
-                    receive_wait: Some(cfg.wait),
-                    dead_letter: Some(DeadLetter { queue_arn: dlq_arn, max_receive_count: cfg.max_receive_count }),
-                })
-                .await?;
-            Ok(Some(queue))
+            let settings = QueueSettings {
+                visibility_timeout: Some(cfg.visibility_timeout),
+                message_retention: None,
+                receive_wait: Some(cfg.wait),
+                dead_letter: Some(DeadLetter { queue_arn: dlq_arn, max_receive_count: cfg.max_receive_count }),
+            };
+            Ok(Some(create_or_update(client, &name, &settings).await?))
         }
+    }
+}
+
+/// Creates `name` with `settings`; an existing queue with other attributes gets them with
+/// `SetQueueAttributes` where the agent may, and is kept as it is (with a warning) where not.
+async fn create_or_update(client: &SqsClient, name: &str, settings: &QueueSettings) -> Result<SqsQueue, QueueError> {
+    match client.create_queue(name, settings).await {
+        Ok(q) => Ok(q),
+        Err(QueueError::AlreadyExists { .. }) => {
+            let q = client.queue_named(name).await?;
+            match q.set_attributes(settings).await {
+                Ok(()) => {}
+                Err(e @ QueueError::AccessDenied { .. }) => tracing::warn!(
+                    queue = %name,
+                    error = %e,
+                    "the queue exists with other attributes than the configuration's and this agent may not change them; it keeps its old ones until an operator sets them (aws sqs set-queue-attributes) or deletes the queue"
+                ),
+                Err(e) => return Err(e),
+            }
+            Ok(q)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -121,16 +140,27 @@ pub fn poison_backoff(receive_count: u32, max_receive_count: u32, visibility: Du
     visibility.saturating_mul(receive_count.max(1)).min(MAX_VISIBILITY)
 }
 
+/// The same for a queue whose redrive policy the agent did not set (`mode = "url"`): it may
+/// have none, so making the message visible at once would hand it straight back, in a hot
+/// loop, for ever. It keeps backing off instead (at most SQS's 12 hours); a redrive policy, if
+/// the queue has one, still moves it after its own receive count.
+pub fn poison_backoff_unknown_redrive(receive_count: u32, visibility: Duration) -> Duration {
+    visibility.saturating_mul(receive_count.max(1)).min(MAX_VISIBILITY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn queue_names_fit_sqs() {
+        const QUEUE_PREFIX: &str = "s3dock_agent-";
         let id = |s: &str| AgentId::parse(s).unwrap();
-        assert_eq!(queue_name(&id("web-1")), "s3dock-agent-web-1");
-        assert_eq!(queue_name(&id("ip-10-0-1-5.ec2.internal")), "s3dock-agent-ip-10-0-1-5-ec2-internal");
-        assert_eq!(queue_name(&id("a_b")), "s3dock-agent-a_b");
+        let queue_name = |id: &AgentId| queue_name(QUEUE_PREFIX, id);
+        assert_eq!(queue_name(&id("web-1")), "s3dock_agent-web-1");
+        assert_eq!(queue_name(&id("ip-10-0-1-5.ec2.internal")), "s3dock_agent-ip-10-0-1-5-ec2-internal");
+        assert_eq!(queue_name(&id("a_b")), "s3dock_agent-a_b");
+        assert_eq!(super::queue_name("prod_agent-", &id("web-1")), "prod_agent-web-1");
         let long = "h".repeat(64);
         let other = format!("{}x", "h".repeat(63));
         let (a, b) = (queue_name(&id(&long)), queue_name(&id(&other)));
@@ -155,5 +185,15 @@ mod tests {
         assert_eq!(poison_backoff(5, 5, v), Duration::ZERO);
         assert_eq!(poison_backoff(9, 5, v), Duration::ZERO);
         assert_eq!(poison_backoff(999, 1000, Duration::from_secs(12 * 3600)), MAX_VISIBILITY);
+    }
+
+    #[test]
+    fn without_a_known_redrive_a_malformed_message_never_comes_back_at_once() {
+        let v = Duration::from_secs(30);
+        for count in [1, 5, 6, 100] {
+            assert!(poison_backoff_unknown_redrive(count, v) >= v, "receive {count}");
+        }
+        assert_eq!(poison_backoff_unknown_redrive(5, v), Duration::from_secs(150));
+        assert_eq!(poison_backoff_unknown_redrive(10_000, v), MAX_VISIBILITY);
     }
 }

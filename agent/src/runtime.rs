@@ -14,11 +14,20 @@
 //! - It names an (app, env) this agent does not serve: deleted at once (logged).
 //! - It cannot be parsed: *not* deleted. It is hidden for a back-off that grows with its
 //!   receive count ([`crate::queue::poison_backoff`]), so it never loops hot, and after
-//!   `max_receive_count` receives SQS's redrive policy moves it to the dead-letter queue.
+//!   `max_receive_count` receives SQS's redrive policy moves it to the dead-letter queue. With
+//!   a queue whose redrive policy the agent did not set (`mode = "url"`) the back-off never
+//!   drops to zero: without a redrive that would hand the message back at once, for ever.
 //! - It names a served service: deleted only once a reconcile that *started after it was
-//!   received* has finished and its outcome is written to the registration. If the agent dies
-//!   before, the message comes back after its visibility timeout and is handled again, which
-//!   is harmless.
+//!   received* has finished and its outcome is written to the registration. Meanwhile its
+//!   visibility is extended (every half `visibility_timeout`), so a long deploy does not let it
+//!   come back and count towards the dead-letter queue. If the agent dies before, the message
+//!   comes back after its visibility timeout and is handled again, which is harmless.
+//!
+//! # Workers that panic
+//!
+//! A worker that panics is logged, its service's registration says `error` with the panic,
+//! and the worker is started again (after a pause): the heartbeat never reports a service as
+//! fine while nothing reconciles it.
 //!
 //! # Shutdown
 //!
@@ -41,15 +50,15 @@ use s3dock_core::registry::{EventMode, Registry};
 use s3dock_core::sqs::ReceivedMessage;
 use s3dock_core::store::ObjectStore;
 use s3dock_engine::DockerEngine;
-use s3dock_engine::deploy::{Deployer, traffic_switch};
+use s3dock_engine::deploy::{Deployer, HostNetwork, LocalNetwork, traffic_switch};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, QueueMode};
 use crate::fault::FaultPoint;
-use crate::queue::{MessageQueue, poison_backoff};
-use crate::service::{AgentObserver, Reconciled, Service, ServiceStatus, World, status};
+use crate::queue::{MessageQueue, poison_backoff, poison_backoff_unknown_redrive};
+use crate::service::{AgentObserver, AgentStatus, Reconciled, Service, ServiceStatus, World};
 
 /// The outside world, injected.
 #[derive(Debug, Clone)]
@@ -59,6 +68,20 @@ pub struct Deps {
     pub clock: Arc<dyn Clock>,
     /// `None` when the agent only reconciles (`[queue] mode = "none"`).
     pub queue: Option<Arc<dyn MessageQueue>>,
+    /// Health checks and probes: the host's network ([`Deps::new`]), or a fake's.
+    pub net: Arc<dyn HostNetwork>,
+}
+
+impl Deps {
+    /// The outside world with this host's own network.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        engine: Arc<dyn DockerEngine>,
+        clock: Arc<dyn Clock>,
+        queue: Option<Arc<dyn MessageQueue>>,
+    ) -> Self {
+        Deps { store, engine, clock, queue, net: Arc::new(LocalNetwork) }
+    }
 }
 
 /// How to run.
@@ -114,6 +137,7 @@ pub async fn run(
         registry: registry.clone(),
         engine: deps.engine.clone(),
         clock: deps.clock.clone(),
+        net: deps.net.clone(),
         agent_id: config.agent_id.clone(),
         host: config.host.clone(),
         queue_url: deps.queue.as_ref().map(|q| q.url().to_owned()),
@@ -124,7 +148,7 @@ pub async fn run(
     for spec in &config.services {
         let traffic = traffic_switch(spec, &config.state_dir)
             .map_err(|e| RunError::Setup(format!("{}/{}: {e}", spec.app, spec.env)))?;
-        let status = Arc::new(Mutex::new(ServiceStatus { status: status::STARTING, ..Default::default() }));
+        let status = Arc::new(Mutex::new(ServiceStatus { status: AgentStatus::Starting, ..Default::default() }));
         let observer =
             AgentObserver { service: format!("{}/{}", spec.app, spec.env), status: status.clone(), fault: opts.fault };
         let deployer = Deployer::new(
@@ -136,15 +160,22 @@ pub async fn run(
         )
         .with_audit(registry.clone(), "agent")
         .with_agent_id(config.agent_id.as_str())
-        .with_observer(Arc::new(observer));
-        services.push(Arc::new(Service {
+        .with_observer(Arc::new(observer))
+        .with_network(deps.net.clone());
+        let svc = Service {
             spec: spec.clone(),
             key: layout::agent(&spec.app, &spec.env, &config.agent_id),
             deployer,
             traffic,
             status,
             write_lock: tokio::sync::Mutex::new(()),
-        }));
+        };
+        // A failure remembered in the state file is still backed off after a restart.
+        world.remember_last_failure(&svc);
+        services.push(Arc::new(svc));
+    }
+    for warning in config.warnings() {
+        tracing::warn!("{}: {warning}", config.path.display());
     }
     tracing::info!(
         agent_id = %config.agent_id,
@@ -168,10 +199,10 @@ pub async fn run(
     for svc in &services {
         let (tx, rx) = mpsc::unbounded_channel();
         routes.insert((svc.spec.app.clone(), svc.spec.env.clone()), tx);
-        workers.spawn(worker(
+        workers.spawn(supervised(
             world.clone(),
             svc.clone(),
-            rx,
+            Arc::new(tokio::sync::Mutex::new(rx)),
             config.reconcile_interval,
             opts.once,
             shutdown.clone(),
@@ -187,9 +218,12 @@ pub async fn run(
         (Some(queue), false) => Some(tokio::spawn(receive_loop(
             queue.clone(),
             routes,
+            Poison {
+                visibility: config.queue.visibility_timeout,
+                max_receive_count: config.queue.max_receive_count,
+                redrive_known: config.queue.mode == QueueMode::Create,
+            },
             config.queue.wait,
-            config.queue.visibility_timeout,
-            config.queue.max_receive_count,
             shutdown.clone(),
         ))),
         _ => {
@@ -218,7 +252,7 @@ pub async fn run(
         let _ = h.await;
     }
     // The last word: what each service runs, with a fresh heartbeat.
-    let final_status = if opts.once { None } else { Some(status::STOPPED) };
+    let final_status = if opts.once { None } else { Some(AgentStatus::Stopped) };
     for svc in &services {
         log_write(&svc.name(), world.write_registration(svc, final_status).await);
     }
@@ -234,17 +268,77 @@ fn log_write(service: &str, r: Result<(), s3dock_core::store::StoreError>) {
     }
 }
 
-/// One service: settle what a crash left, reconcile, then reconcile again on every hint and
-/// every `interval`, until shutdown.
-async fn worker(
+/// The longest pause before a worker that panicked is started again.
+const MAX_RESTART_PAUSE: Duration = Duration::from_secs(60);
+
+/// Runs the service's [`worker`] and starts it again when it panics, saying so in the service's
+/// registration: a worker that died silently would leave the heartbeat reporting a service
+/// nothing reconciles any more.
+async fn supervised(
     world: World,
     svc: Arc<Service>,
-    mut hints: mpsc::UnboundedReceiver<Hint>,
+    hints: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Hint>>>,
     interval: Duration,
     once: bool,
     shutdown: CancellationToken,
     last: Arc<Mutex<BTreeMap<String, Reconciled>>>,
 ) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let run = tokio::spawn(worker(
+            world.clone(),
+            svc.clone(),
+            hints.clone(),
+            interval,
+            once,
+            shutdown.clone(),
+            last.clone(),
+        ));
+        let panic = match run.await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                let payload = e.into_panic();
+                payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned())
+            }
+            Err(_) => return,
+        };
+        tracing::error!(service = %svc.name(), panic = %panic, retry_in = ?pause,
+            "the service's worker panicked; starting it again");
+        svc.update(|s| {
+            s.status = AgentStatus::Error;
+            s.phase = None;
+            s.message = Some(format!("the agent's worker for this service crashed ({panic}); it is started again"));
+        });
+        log_write(&svc.name(), world.write_registration(&svc, None).await);
+        if once {
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(MAX_RESTART_PAUSE);
+    }
+}
+
+/// One service: settle what a crash left, reconcile, then reconcile again on every hint and
+/// every `interval`, until shutdown.
+async fn worker(
+    world: World,
+    svc: Arc<Service>,
+    hints: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Hint>>>,
+    interval: Duration,
+    once: bool,
+    shutdown: CancellationToken,
+    last: Arc<Mutex<BTreeMap<String, Reconciled>>>,
+) {
+    // The receiving end is the worker's alone; a worker started again after a panic takes it
+    // over (the lock of the one that panicked was released as it unwound).
+    let mut hints = hints.lock().await;
     // Start-up: a deploy interrupted by a crash is settled before anything else.
     world.recover(&svc, &shutdown).await;
     let mut waiting: Vec<oneshot::Sender<bool>> = Vec::new();
@@ -269,9 +363,14 @@ async fn worker(
         for w in waiting.drain(..) {
             let _ = w.send(recorded);
         }
+        let again = outcome.wants_another();
         last.lock().unwrap_or_else(|p| p.into_inner()).insert(svc.name(), outcome);
         if once {
             break;
+        }
+        if again {
+            // Superseded before its switch: what the pointer names now goes next, at once.
+            continue;
         }
         // Wait for the next reason to look: a hint, the interval, or shutdown. Hints that
         // arrived during the reconcile above are picked up at once (they may have been sent
@@ -311,14 +410,32 @@ async fn heartbeat_loop(world: World, services: Vec<Arc<Service>>, interval: Dur
     }
 }
 
+/// How malformed messages are hidden.
+#[derive(Debug, Clone, Copy)]
+struct Poison {
+    visibility: Duration,
+    max_receive_count: u32,
+    /// The agent set the queue's redrive policy itself (`mode = "create"`).
+    redrive_known: bool,
+}
+
+impl Poison {
+    fn hide_for(&self, receive_count: u32) -> Duration {
+        if self.redrive_known {
+            poison_backoff(receive_count, self.max_receive_count, self.visibility)
+        } else {
+            poison_backoff_unknown_redrive(receive_count, self.visibility)
+        }
+    }
+}
+
 /// Long-polls the queue and hands each message to its service (see the module doc for when a
 /// message is deleted). Returns the tasks still waiting to delete messages.
 async fn receive_loop(
     queue: Arc<dyn MessageQueue>,
     routes: BTreeMap<(AppName, EnvName), mpsc::UnboundedSender<Hint>>,
+    poison: Poison,
     wait: Duration,
-    visibility: Duration,
-    max_receive_count: u32,
     shutdown: CancellationToken,
 ) -> Vec<Waiter> {
     let mut waiters: Vec<Waiter> = Vec::new();
@@ -346,7 +463,7 @@ async fn receive_loop(
         };
         waiters.retain(|w| !w.is_finished());
         for m in messages {
-            if let Some(w) = handle_message(&queue, &routes, m, visibility, max_receive_count).await {
+            if let Some(w) = handle_message(&queue, &routes, m, poison).await {
                 waiters.push(w);
             }
         }
@@ -358,13 +475,13 @@ async fn handle_message(
     queue: &Arc<dyn MessageQueue>,
     routes: &BTreeMap<(AppName, EnvName), mpsc::UnboundedSender<Hint>>,
     m: ReceivedMessage,
-    visibility: Duration,
-    max_receive_count: u32,
+    poison: Poison,
 ) -> Option<Waiter> {
     let msg: PromotionMessage = match docs::decode(&format!("message {}", m.id), m.body.as_bytes()) {
         Ok(msg) => msg,
         Err(e) => {
-            let hide = poison_backoff(m.receive_count, max_receive_count, visibility);
+            let hide = poison.hide_for(m.receive_count);
+            let max_receive_count = poison.max_receive_count;
             tracing::warn!(message_id = %m.id, receive_count = m.receive_count, max_receive_count, hidden_for = ?hide,
                 error = %e, "malformed message: not deleted; it goes to the dead-letter queue after max_receive_count receives");
             if let Err(e) = queue.hide(&m.receipt_handle, hide).await {
@@ -388,19 +505,40 @@ async fn handle_message(
         // The worker is gone (shutdown): leave the message for the next start.
         return None;
     }
-    let queue = queue.clone();
-    Some(tokio::spawn(async move {
-        match rx.await {
-            Ok(true) => {
-                if let Err(e) = queue.delete(&m.receipt_handle).await {
-                    tracing::warn!(message_id = %m.id, error = %e, "could not delete a handled message; it comes back as a harmless duplicate");
+    Some(tokio::spawn(hold_until_recorded(queue.clone(), m, poison.visibility, rx)))
+}
+
+/// Keeps a handled message hidden until the reconcile it triggered is recorded (extending its
+/// visibility every half `visibility`, so a deploy longer than the visibility timeout does not
+/// let it come back and count towards the dead-letter queue), then deletes it; leaves it to
+/// come back when the outcome was not recorded.
+async fn hold_until_recorded(
+    queue: Arc<dyn MessageQueue>,
+    m: ReceivedMessage,
+    visibility: Duration,
+    mut recorded: oneshot::Receiver<bool>,
+) {
+    let every = (visibility / 2).max(Duration::from_millis(500));
+    let outcome = loop {
+        tokio::select! {
+            r = &mut recorded => break r,
+            _ = tokio::time::sleep(every) => {
+                if let Err(e) = queue.hide(&m.receipt_handle, visibility).await {
+                    tracing::warn!(message_id = %m.id, error = %e, "could not extend the visibility of a message being handled");
                 }
             }
-            Ok(false) | Err(_) => {
-                tracing::info!(message_id = %m.id, "outcome not recorded: the message stays and comes back after its visibility timeout");
+        }
+    };
+    match outcome {
+        Ok(true) => {
+            if let Err(e) = queue.delete(&m.receipt_handle).await {
+                tracing::warn!(message_id = %m.id, error = %e, "could not delete a handled message; it comes back as a harmless duplicate");
             }
         }
-    }))
+        Ok(false) | Err(_) => {
+            tracing::info!(message_id = %m.id, "outcome not recorded: the message stays and comes back after its visibility timeout");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -554,12 +692,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(MemoryStore::new());
         let queue = Arc::new(MemoryQueue::default());
-        let deps = Deps {
-            store: store.clone(),
-            engine: Arc::new(NoEngine),
-            clock: Arc::new(SystemClock),
-            queue: Some(queue.clone()),
-        };
+        let deps = Deps::new(store.clone(), Arc::new(NoEngine), Arc::new(SystemClock), Some(queue.clone()));
         let promotion = |app: &str| {
             format!(
                 r#"{{"schema_version":1,"kind":"promotion","app":"{app}","env":"production","image":"{app}:20250721-2118-f7a5a27","pointer_seq":3,"time":"2025-07-22T10:18:00Z"}}"#
@@ -612,7 +745,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let deps = Deps { store: store.clone(), engine: Arc::new(NoEngine), clock: Arc::new(SystemClock), queue: None };
+        let deps = Deps::new(store.clone(), Arc::new(NoEngine), Arc::new(SystemClock), None);
         let opts = RunOptions { once: true, fault: None };
         let summary = run(config(dir.path()), deps, opts, CancellationToken::new()).await.unwrap();
         assert!(!summary.all_converged());
@@ -624,5 +757,110 @@ mod tests {
         let message = state.message.unwrap();
         assert!(message.contains("points to web:20250721-2118-f7a5a27"), "{message}");
         assert!(registration(&store).await.queue_url.is_none());
+    }
+
+    /// A handled message's visibility was never extended: a reconcile longer than the
+    /// visibility timeout let it come back, be received again, and count towards the DLQ.
+    #[tokio::test(start_paused = true)]
+    async fn a_handled_message_stays_hidden_until_its_outcome_is_recorded() {
+        let queue = Arc::new(MemoryQueue::default());
+        let message =
+            ReceivedMessage { id: "m".into(), receipt_handle: "rh-m".into(), body: String::new(), receive_count: 1 };
+        let (tx, rx) = oneshot::channel();
+        let visibility = Duration::from_secs(30);
+        let held = tokio::spawn(hold_until_recorded(queue.clone(), message, visibility, rx));
+        // A deploy that takes 70 s: the message is hidden again every 15 s.
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        let hidden = queue.hidden();
+        assert_eq!(hidden.len(), 4, "{hidden:?}");
+        assert!(hidden.iter().all(|(rh, d)| rh == "rh-m" && *d == visibility));
+        assert!(queue.deleted().is_empty());
+        tx.send(true).unwrap();
+        held.await.unwrap();
+        assert_eq!(queue.deleted(), ["rh-m"]);
+    }
+
+    /// With `mode = "url"`, a malformed message at the receive limit was made visible at once,
+    /// trusting a redrive policy the queue may not have: a hot loop.
+    #[tokio::test]
+    async fn with_a_given_queue_a_malformed_message_is_never_handed_back_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let queue = Arc::new(MemoryQueue::default());
+        let mut cfg = config(dir.path());
+        cfg.queue.mode =
+            crate::config::QueueMode::Url("https://sqs.eu-west-1.amazonaws.com/1/s3dock-agent-web-1".into());
+        let deps = Deps::new(store.clone(), Arc::new(NoEngine), Arc::new(SystemClock), Some(queue.clone()));
+        queue.push("poison", "not json", 3);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(cfg, deps, RunOptions::default(), shutdown.clone()));
+        until("the malformed message is hidden", || !queue.hidden().is_empty()).await;
+        assert_eq!(queue.hidden()[0], ("rh-poison".to_owned(), Duration::from_secs(90)), "30 s x 3 receives");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
+    }
+
+    /// A worker that panicked went unnoticed: the heartbeat kept reporting the service's last
+    /// status while nothing reconciled it any more.
+    #[tokio::test]
+    async fn a_worker_that_panics_is_reported_and_started_again() {
+        use s3dock_core::registry::PromoteSource;
+        use s3dock_engine::deploy::ColorPorts;
+        use s3dock_engine::fake::{FakeHost, Health};
+        use s3dock_engine::ship::{GitOverride, PushRequest};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let host = FakeHost::new(ColorPorts { blue: 18080, green: 18081 }, 8080);
+        let image = s3dock_core::names::ImageRef::parse("web:20250701-1000-aaaaaa1").unwrap();
+        host.add_image(&image.to_string(), "v1", Health::Healthy, true);
+        let registry = Registry::new(store.clone(), Arc::new(SystemClock), "tester", EventMode::Inline);
+        let req = PushRequest {
+            image: image.clone(),
+            git: Some(GitOverride {
+                commit: format!("aaaaaa1{}", "0".repeat(33)),
+                committed_at: image.tag.time(),
+                source: None,
+            }),
+            gzip: Default::default(),
+            force: false,
+        };
+        s3dock_engine::ship::push(&host, &registry, &req, &Default::default(), &CancellationToken::new())
+            .await
+            .unwrap();
+        registry.promote(&PromoteSource::Image(image.clone()), &"production".parse().unwrap()).await.unwrap();
+        // The first reconcile's first look at a container panics.
+        host.with(|s| s.panic_on = Some("engine.inspect_container"));
+        let mut cfg = config(dir.path());
+        cfg.queue.mode = crate::config::QueueMode::None;
+        cfg.reconcile_interval = Duration::from_millis(200);
+        let mut deps = Deps::new(store.clone(), Arc::new(host.clone()), Arc::new(SystemClock), None);
+        deps.net = Arc::new(host.clone());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(cfg, deps, RunOptions::default(), shutdown.clone()));
+
+        let mut saw_crash = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let key = s3dock_core::names::ObjectKey::parse("agents/web/production/web-1.json").unwrap();
+            let Some((bytes, _)) = read_small(&*store, &key, 1 << 20).await.unwrap() else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let reg: AgentRegistration = docs::decode(key.as_str(), &bytes).unwrap();
+            let state = reg.state.unwrap();
+            if state.message.as_deref().is_some_and(|m| m.contains("worker for this service crashed")) {
+                assert_eq!(state.status.as_deref(), Some("error"));
+                assert!(state.message.as_deref().unwrap().contains("injected panic"), "{:?}", state.message);
+                saw_crash = true;
+            }
+            if saw_crash && state.status.as_deref() == Some("converged") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no crash reported then convergence: {state:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
     }
 }

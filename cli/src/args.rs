@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    build, cleanup, config, current, deploy, history, list, promote, pull, push, rollback, status, tag,
+    build, cleanup, completions, config, current, deploy, doctor, history, list, man, promote, pull, push, report,
+    rollback, stats, status, tag,
 };
 use crate::exit::EXIT_CODES_HELP;
 
@@ -34,7 +35,10 @@ Typical flow:
   s3dock pull myapp staging
   s3dock deploy --blue-green myapp staging --service /etc/s3dock/agent.toml
   s3dock status myapp
-  s3dock history myapp staging";
+  s3dock history myapp staging
+  s3dock doctor myapp
+  s3dock stats myapp --since 30d
+  s3dock report myapp --html fleet.html";
 
 const AFTER_HELP: &str = "\
 Environment:
@@ -42,6 +46,8 @@ Environment:
   S3DOCK_PROFILE  profile name (below --profile)
   S3DOCK_CONFIG   config file (below --config)
   S3DOCK_USER     acting user for audit records (below the profile's `user`)
+  NO_COLOR        no colour anywhere (help, reports, log lines), even with CLICOLOR_FORCE
+  CLICOLOR_FORCE  colour even when the output is not a terminal
   RUST_LOG        tracing filter, overrides -v/-q for log lines
 
 Every command accepts --json: one JSON document on stdout, errors included as
@@ -50,7 +56,7 @@ Every command accepts --json: one JSON document on stdout, errors included as
 #[derive(Debug, Parser)]
 #[command(
     name = "s3dock",
-    version,
+    version = crate::VERSION,
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_help = format!("{AFTER_HELP}\n\n{EXIT_CODES_HELP}"),
@@ -103,6 +109,11 @@ pub enum Command {
     Config(config::ConfigArgs),
     Deploy(deploy::DeployArgs),
     Status(status::StatusArgs),
+    Doctor(doctor::DoctorArgs),
+    Stats(stats::StatsArgs),
+    Report(report::ReportArgs),
+    Completions(completions::CompletionsArgs),
+    Man(man::ManArgs),
 }
 
 /// `--month YYYYMM`.

@@ -32,6 +32,16 @@ impl Context {
         Settings::resolve(&self.flags, &self.env)
     }
 
+    /// Colour for what goes to stdout: a terminal (or `CLICOLOR_FORCE`), no `--json`, no
+    /// `NO_COLOR`.
+    pub fn style(&self) -> crate::style::Style {
+        if self.flags.json {
+            return crate::style::Style::plain();
+        }
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        crate::style::Style::detect(self.env.var("NO_COLOR"), self.env.var("CLICOLOR_FORCE"), terminal)
+    }
+
     /// A progress or info line on stderr, right away (hidden by `-q`).
     pub fn info(&self, message: &str) {
         if !self.flags.quiet {

@@ -9,6 +9,7 @@
 //! - [`output`]: human tables or `--json`, warnings and hints on stderr.
 //! - [`exit`]: the error type and the documented exit codes.
 //! - [`progress`]: transfer progress bars on a terminal's stderr.
+//! - [`style`]: colour on terminals only, and never with `NO_COLOR`.
 
 pub mod args;
 pub mod commands;
@@ -18,12 +19,18 @@ pub mod exit;
 pub mod output;
 pub mod progress;
 pub mod settings;
+pub mod style;
 
 use args::Cli;
 use context::Context;
 use exit::CliError;
 use output::Output;
 use settings::Environment;
+
+/// `--version`: the release, the commit it was built from and the build date (build.rs; the
+/// commit is `unknown` when the source was not a git checkout).
+pub const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("S3DOCK_COMMIT"), ", built ", env!("S3DOCK_BUILD_DATE"), ")");
 
 /// Runs the parsed command line against `env` (the process environment in production).
 pub async fn run(cli: &Cli, env: Environment) -> Result<Output, CliError> {

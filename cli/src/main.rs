@@ -25,7 +25,11 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(s3dock_cli::style::colors_allowed(
+            std::env::var("NO_COLOR").ok().as_deref(),
+            std::env::var("CLICOLOR_FORCE").ok().as_deref(),
+            std::io::stderr().is_terminal(),
+        ))
         .init();
 
     let result = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -24,11 +24,20 @@ pub struct Output {
     /// Problems that did not fail the command: always on stderr, and in the JSON document as
     /// `"warnings"`.
     pub warnings: Vec<String>,
+    /// A result that is printed in full but still fails the command (`doctor` with a failed
+    /// check): the exit code of this class.
+    pub exit: Option<s3dock_core::ErrorKind>,
 }
 
 impl Output {
     pub fn new(json: Value, text: impl Into<String>) -> Self {
-        Output { json, text: text.into(), notes: Vec::new(), warnings: Vec::new() }
+        Output { json, text: text.into(), notes: Vec::new(), warnings: Vec::new(), exit: None }
+    }
+
+    /// Prints as a result, exits with the code of `kind`.
+    pub fn exit_with(mut self, kind: s3dock_core::ErrorKind) -> Self {
+        self.exit = Some(kind);
+        self
     }
 
     pub fn note(mut self, note: impl Into<String>) -> Self {
@@ -60,15 +69,14 @@ pub fn emit(result: Result<Output, CliError>, mode: Mode, out: &mut dyn Write, e
         Ok(output) => print_output(output, mode, out, err),
         Err(e) => print_error(e, mode, out, err),
     };
+    let code = |result: Result<Output, CliError>| match result {
+        Ok(o) => o.exit.map_or(exit::SUCCESS, exit::code),
+        Err(e) => e.exit_code(),
+    };
     match printed {
-        Ok(()) => match result {
-            Ok(_) => exit::SUCCESS,
-            Err(e) => e.exit_code(),
-        },
+        Ok(()) => code(result),
         // The reader went away (`s3dock list apps | head -1`): not a failure of ours.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-            result.map(|_| exit::SUCCESS).unwrap_or_else(|e| e.exit_code())
-        }
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => code(result),
         Err(e) => {
             let _ = writeln!(err, "error: cannot write the output: {e}");
             exit::code(s3dock_core::ErrorKind::Internal)

@@ -49,7 +49,8 @@ pub struct Environment {
 
 impl Environment {
     /// The variables s3dock reads.
-    const VARS: [&'static str; 7] = [ENV_STORE, ENV_PROFILE, ENV_CONFIG, ENV_USER, "USER", "LOGNAME", "USERNAME"];
+    const VARS: [&'static str; 9] =
+        [ENV_STORE, ENV_PROFILE, ENV_CONFIG, ENV_USER, "USER", "LOGNAME", "USERNAME", "NO_COLOR", "CLICOLOR_FORCE"];
 
     /// This process's environment.
     pub fn from_process() -> Self {

@@ -105,7 +105,7 @@ fn check_len(field: &str, s: &str, max: usize) -> Result<(), String> {
 }
 
 /// The metadata beside an image archive. Written last: its presence commits the push.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageMetadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<u32>,
@@ -143,6 +143,56 @@ pub struct ImageMetadata {
     /// metadata was archived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived_previous: Option<String>,
+    /// The key of the archive, when it is not the one beside this document (a re-push writes
+    /// its archive at a revision key; absent means `{same stem}.tar.gz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_path: Option<String>,
+    /// The ETag of the archive when it was committed: readers fetch exactly that object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_etag: Option<String>,
+    /// Bytes of the uncompressed tar, the bound a pull holds decompression to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar_size: Option<u64>,
+    /// Unique to the push that wrote this document: a push whose response was lost
+    /// recognizes its own commit by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
+    /// What this push replaced under the same tag (set by a re-push of different content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<ReplacedImage>,
+    /// The write ids of the documents this one replaced, newest first (see
+    /// [`MAX_RECENT_WRITES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_writes: Vec<String>,
+}
+
+/// How many earlier write ids a document remembers. A writer whose response was lost reads
+/// the key back: its write landed if the document there is its own, or names it among the
+/// writes it replaced (others may have written on top of it before it could look).
+pub const MAX_RECENT_WRITES: usize = 16;
+
+/// The `recent_writes` of a document replacing one with `write_id` and `recent`.
+pub fn recent_writes(write_id: Option<&str>, recent: &[String]) -> Vec<String> {
+    write_id.map(str::to_owned).into_iter().chain(recent.iter().cloned()).take(MAX_RECENT_WRITES).collect()
+}
+
+fn check_recent(recent: &[String]) -> Result<(), String> {
+    if recent.len() > MAX_RECENT_WRITES {
+        return Err(format!("recent_writes has {} entries, at most {MAX_RECENT_WRITES}", recent.len()));
+    }
+    recent.iter().try_for_each(|w| check_len("recent_writes", w, 200))
+}
+
+/// The content a re-push replaced: enough for the audit and for agents to see the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplacedImage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    pub checksum: String,
+    /// Whether the replaced image was referenced (a tag, a pointer or an agent) and the push
+    /// was forced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
 }
 
 impl Document for ImageMetadata {
@@ -155,15 +205,46 @@ impl Document for ImageMetadata {
         check_len("git_hash", &self.git_hash, 64)?;
         check_len("git_time", &self.git_time, 32)?;
         check_len("image_tag", &self.image_tag, 200)?;
-        for (f, v) in [("image_id", &self.image_id), ("platform", &self.platform), ("pushed_by", &self.pushed_by)] {
+        for (f, v) in [("platform", &self.platform), ("pushed_by", &self.pushed_by), ("write_id", &self.write_id)] {
             if let Some(v) = v {
                 check_len(f, v, 200)?;
             }
         }
+        if let Some(id) = &self.image_id {
+            check_image_id("image_id", id)?;
+        }
         if let Some(s) = &self.source {
             check_len("source", s, 2048)?;
         }
+        if let Some(e) = &self.archive_etag {
+            check_len("archive_etag", e, 200)?;
+        }
+        check_recent(&self.recent_writes)?;
+        if let Some(path) = &self.archive_path {
+            // Only an archive of this very image: a document must not send readers elsewhere.
+            let key = ObjectKey::parse(path).map_err(|e| format!("archive_path: {e}"))?;
+            let image = self.image_ref().ok_or("image_tag is not app:tag")?;
+            match crate::layout::classify(&key) {
+                Ok(crate::layout::BucketKey::ImageArchive { app, tag, .. }) if app == image.app && tag == image.tag => {
+                }
+                _ => return Err(format!("archive_path {:?} is not an archive of {image}", truncate(path))),
+            }
+        }
         Ok(())
+    }
+}
+
+/// Whether `id` is a Docker content id (`sha256:` and 64 lowercase hex digits).
+pub fn is_image_id(id: &str) -> bool {
+    check_image_id("image_id", id).is_ok()
+}
+
+/// Docker's content id: `sha256:` and 64 lowercase hex digits. Anything else (`postgres:16`)
+/// would be taken for a reference by the engine, and a pull would skip what it should verify.
+fn check_image_id(field: &str, id: &str) -> Result<(), String> {
+    match id.strip_prefix("sha256:") {
+        Some(hex) if check_hex(field, hex, 64).is_ok() => Ok(()),
+        _ => Err(format!("{field} must be sha256: and 64 lowercase hex digits, found {:?}", truncate(id))),
     }
 }
 
@@ -174,9 +255,10 @@ impl ImageMetadata {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetType {
+    #[default]
     Image,
     Tag,
 }
@@ -191,7 +273,7 @@ impl std::fmt::Display for TargetType {
 }
 
 /// A semantic-version tag: `tags/{app}/{version}.json`, always pointing at an image.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TagDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<u32>,
@@ -218,6 +300,12 @@ pub struct TagDoc {
     /// Set by a forced move: where the replaced tag file was archived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived_to: Option<String>,
+    /// Unique to the command that wrote this document (lost-response recognition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
+    /// The write ids of the documents this one replaced, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_writes: Vec<String>,
 }
 
 impl Document for TagDoc {
@@ -226,10 +314,13 @@ impl Document for TagDoc {
         check_len("promoted_by", &self.promoted_by, 200)?;
         check_len("git_hash", &self.git_hash, 64)?;
         check_len("git_time", &self.git_time, 32)?;
-        for v in [&self.source_image, &self.source_tag, &self.version, &self.image_id].into_iter().flatten() {
+        for v in [&self.source_image, &self.source_tag, &self.version, &self.write_id].into_iter().flatten() {
             check_len("source", v, 200)?;
         }
-        Ok(())
+        if let Some(id) = &self.image_id {
+            check_image_id("image_id", id)?;
+        }
+        check_recent(&self.recent_writes)
     }
 }
 
@@ -255,7 +346,7 @@ pub enum PointerAction {
 }
 
 /// An environment pointer: `pointers/{app}/{env}.json`, to an image or to a tag.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PointerDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<u32>,
@@ -278,7 +369,17 @@ pub struct PointerDoc {
     pub previous: Option<PreviousTarget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<PointerAction>,
+    /// Unique to the command that wrote this document (lost-response recognition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
+    /// The write ids of the documents this one replaced, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_writes: Vec<String>,
 }
+
+/// The highest pointer generation accepted: far beyond any real history, far enough below
+/// `u64::MAX` that `seq + 1` never overflows on a document someone else wrote.
+pub const MAX_SEQ: u64 = 1 << 53;
 
 impl Document for PointerDoc {
     fn validate(&self) -> Result<(), String> {
@@ -289,7 +390,13 @@ impl Document for PointerDoc {
         if let Some(p) = &self.previous {
             check_key("previous.target_path", &p.target_path)?;
         }
-        Ok(())
+        if let Some(w) = &self.write_id {
+            check_len("write_id", w, 200)?;
+        }
+        if self.seq.is_some_and(|s| s > MAX_SEQ) {
+            return Err(format!("seq {} is beyond any real history (at most {MAX_SEQ})", self.seq.unwrap_or_default()));
+        }
+        check_recent(&self.recent_writes)
     }
 }
 
@@ -368,7 +475,7 @@ impl std::fmt::Display for EventType {
 }
 
 /// An audit record: `audit/{app}/{YYYYMM}/...json`, created once, never overwritten.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<u32>,
@@ -387,6 +494,10 @@ pub struct AuditRecord {
     /// Who wrote the record: `cli`, `lambda` or `agent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recorded_by: Option<String>,
+    /// Unique to the handler run that wrote the record: the promotion record is the fan-out's
+    /// claim, and a handler whose response was lost recognizes its own claim by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_id: Option<String>,
 }
 
 impl Document for AuditRecord {
@@ -421,11 +532,19 @@ pub struct PushDetails {
     pub image_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_path: Option<String>,
-    /// `download` (the verifier re-read the archive) or `streamed` (hashed during the upload).
+    /// `download` (the verifier re-read the archive), `streamed` (hashed during the upload)
+    /// or `superseded` (replaced by a later push before its event was handled; its content
+    /// was archived by that push).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed_by: Option<String>,
+    /// A re-push of different content under a referenced tag, allowed by `--force`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+    /// The image id the push replaced, if it replaced one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_image_id: Option<String>,
 }
 
 /// `details` of a `tag` record.
@@ -469,6 +588,47 @@ pub struct ArchiveDetails {
     pub archived_to: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_reference: Option<String>,
+    /// Whether the bad objects were deleted after archiving; they stay while a tag, pointer or
+    /// agent references them (`referenced_by`), or when someone else changed them first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub referenced_by: Vec<String>,
+}
+
+/// `details` of a `cleanup` record: one per image deleted, written before its deletion.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CleanupDetails {
+    pub image_reference: String,
+    /// The keys deleted (metadata first, then archives).
+    pub keys: Vec<String>,
+    pub bytes: u64,
+    pub reason: String,
+}
+
+/// What a lease object says (`leases/{app}/{tag}/...`): who holds it, since when. Holds are
+/// taken by commands about to reference an image; the delete lease by whoever is about to
+/// delete it. Each side writes its lease and then looks for the other's, so one always sees
+/// the other (see `bucket::lease`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseDoc {
+    pub schema_version: u32,
+    /// `hold` or `delete`.
+    pub kind: String,
+    pub by: String,
+    pub at: DateTime<Utc>,
+    pub write_id: String,
+}
+
+impl Document for LeaseDoc {
+    fn validate(&self) -> Result<(), String> {
+        check_len("by", &self.by, 200)?;
+        check_len("write_id", &self.write_id, 200)?;
+        if self.kind != "hold" && self.kind != "delete" {
+            return Err(format!("kind must be hold or delete, found {:?}", truncate(&self.kind)));
+        }
+        Ok(())
+    }
 }
 
 /// `details` of a `deploy` or host `rollback` record written by an agent or `s3dock deploy`.
@@ -513,6 +673,11 @@ pub struct AgentState {
     /// `app:tag` serving traffic, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Docker's id of the image serving (`sha256:...`): what `s3dock status` compares with the
+    /// `image_id` of the metadata the pointer resolves to, so a tag re-pushed with new content
+    /// is not taken for what runs. Absent in registrations of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     /// `blue` or `green`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub color: Option<String>,

@@ -27,6 +27,9 @@ pub enum Error {
     /// The operation is refused as unsafe or invalid as asked.
     #[error("{message}")]
     Refused { message: String },
+    /// An argument is not what the operation takes.
+    #[error("{message}")]
+    Usage { message: String },
 }
 
 /// The classes of failure, which map to the CLI's exit codes.
@@ -47,7 +50,7 @@ pub enum ErrorKind {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Name(_) => ErrorKind::Usage,
+            Error::Name(_) | Error::Usage { .. } => ErrorKind::Usage,
             Error::Refused { .. } => ErrorKind::Conflict,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Conflict { .. } => ErrorKind::Conflict,

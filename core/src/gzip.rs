@@ -185,13 +185,20 @@ impl Future for MemberJob {
 /// damaged, is not gzip, or has anything but members after the last one; errors reading
 /// `input` come through unchanged. Nothing happens until the returned reader is first read.
 pub fn decompress(input: BoxReader) -> BoxReader {
+    decompress_limited(input, u64::MAX)
+}
+
+/// [`decompress`], failing with `InvalidData` as soon as the output exceeds `limit` bytes: an
+/// archive must not decompress to more than its metadata records (a gzip bomb, or metadata
+/// that lies), so a pull never fills a disk with what it was not promised.
+pub fn decompress_limited(input: BoxReader, limit: u64) -> BoxReader {
     let start = move || {
         let (tx, rx) = mpsc::channel(DECODED_QUEUE);
         // The bridge must be made inside the runtime (it keeps its handle); `start` runs on
         // the first read, so it is.
         let bridge = SyncIoBridge::new(input);
         // A blocking task cannot be aborted: a dropped reader stops it at its next send.
-        tokio::task::spawn_blocking(move || inflate(bridge, tx));
+        tokio::task::spawn_blocking(move || inflate(bridge, tx, limit));
         (rx, None)
     };
     Box::pin(StreamReader::new(Pieces::new("decompressor", start)))
@@ -204,16 +211,27 @@ const DECODED_QUEUE: usize = 8;
 /// Compressed bytes read from the input at a time.
 const INPUT_BUFFER: usize = 64 * 1024;
 
-fn inflate(input: impl Read, tx: mpsc::Sender<Piece<std::future::Ready<io::Result<Bytes>>>>) {
+fn inflate(input: impl Read, tx: mpsc::Sender<Piece<std::future::Ready<io::Result<Bytes>>>>, limit: u64) {
     let send = |piece| tx.blocking_send(piece).is_ok();
     let data = |chunk: &[u8]| Piece::Chunk(std::future::ready(Ok(Bytes::copy_from_slice(chunk))));
     let mut decoder =
         flate2::bufread::MultiGzDecoder::new(io::BufReader::with_capacity(INPUT_BUFFER, Tracked::new(input)));
     let mut buf = vec![0u8; DECODED_CHUNK];
+    let mut total = 0u64;
     loop {
         match decoder.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                total = total.saturating_add(n as u64);
+                if total > limit {
+                    send(Piece::Fail(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the image archive decompresses to more than the {limit} bytes its metadata records; re-push the image"
+                        ),
+                    )));
+                    return;
+                }
                 if !send(data(&buf[..n])) {
                     return; // The reader was dropped.
                 }
@@ -769,6 +787,20 @@ mod tests {
         assert_eq!(gunzip_bytes(b"").await.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         let err = gunzip_bytes(&text_bytes(5000)).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[tokio::test]
+    async fn decompression_stops_at_its_limit() {
+        let data = vec![0u8; 4 << 20];
+        let gz = gzip_bytes(&data, GzipOptions::default()).await;
+        let mut out = Vec::new();
+        let err = decompress_limited(reader_from_bytes(gz.clone()), 1 << 20).read_to_end(&mut out).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().contains("more than the 1048576 bytes"), "{err}");
+        assert!(out.len() <= (1 << 20) + DECODED_CHUNK, "stopped near the limit, not at the end");
+        let mut all = Vec::new();
+        decompress_limited(reader_from_bytes(gz), data.len() as u64).read_to_end(&mut all).await.unwrap();
+        assert_eq!(all.len(), data.len(), "exactly the limit is fine");
     }
 
     #[tokio::test]

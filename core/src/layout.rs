@@ -2,13 +2,21 @@
 //!
 //! ```text
 //! images/{app}/{YYYYMM}/{app}-{YYYYMMDD-HHMM}-{hash7}.tar.gz   the image (docker save, gzipped)
+//! images/{app}/{YYYYMM}/{app}-{YYYYMMDD-HHMM}-{hash7}.{rev}.tar.gz   a re-push's archive
 //! images/{app}/{YYYYMM}/{app}-{YYYYMMDD-HHMM}-{hash7}.json     its metadata, written last
 //! tags/{app}/{version}.json                                   semantic version -> image
 //! pointers/{app}/{env}.json                                   environment -> image or tag
 //! audit/{app}/{YYYYMM}/{YYYYMMDD-HHMM}-{event}-{hash7}[-{discriminator}].json
 //! archive/{app}/{YYYYMM}/{file}-archived-on-{YYYYMMDD-HHMM}[-{n}].tar.gz|.json
 //! agents/{app}/{env}/{agent-id}.json                          agent registration and state
+//! leases/{app}/{YYYYMMDD-HHMM-hash7}/hold-{id}                a reference being made
+//! leases/{app}/{YYYYMMDD-HHMM-hash7}/delete                   a deletion being made
 //! ```
+//!
+//! The first push of a tag writes the archive at the key the tag implies. A push that replaces
+//! it writes a new archive at a revision key (`.{rev}` before `.tar.gz`, unique to that push)
+//! and names it in the metadata, so the metadata swap is the single step that moves readers
+//! from one archive to the other; the old archive is deleted only after it was archived.
 //!
 //! `{YYYYMM}` of an image key is the month of the tag's own timestamp, so the key follows from
 //! the tag alone. Buckets written by the original Go tool used the push month instead; readers
@@ -26,10 +34,11 @@ pub const POINTERS: &str = "pointers/";
 pub const AUDIT: &str = "audit/";
 pub const ARCHIVE: &str = "archive/";
 pub const AGENTS: &str = "agents/";
-/// Where the precondition probe writes its throw-away objects. `.probe` can never be an app
-/// name, so the probe cannot collide with a pointer, and its keys do not end in `.json`, so no
-/// event notification fires for them.
-pub const PROBE_PREFIX: &str = "pointers/.probe/";
+pub const LEASES: &str = "leases/";
+/// Where the precondition probe writes its throw-away objects: a prefix of its own, so every
+/// role (pushers, promoters, agents, maintainers) may write there without being able to touch
+/// anything else, no event notification fires for it, and a lifecycle rule expires leftovers.
+pub const PROBE_PREFIX: &str = "probe/";
 
 pub const ARCHIVE_EXT: &str = ".tar.gz";
 pub const JSON_EXT: &str = ".json";
@@ -53,16 +62,32 @@ pub fn image_metadata(app: &AppName, tag: &ImageTag) -> ObjectKey {
     key(format!("{IMAGES}{app}/{}/{}{JSON_EXT}", tag.month(), image_stem(app, tag)))
 }
 
+/// A re-push's archive: beside the canonical one, with `rev` (lowercase hex, unique to that push)
+/// before the extension.
+pub fn image_archive_revision(app: &AppName, tag: &ImageTag, rev: &str) -> ObjectKey {
+    key(format!("{IMAGES}{app}/{}/{}.{}{ARCHIVE_EXT}", tag.month(), image_stem(app, tag), sanitize_rev(rev)))
+}
+
+fn sanitize_rev(rev: &str) -> String {
+    let mut r: String = rev.chars().filter(|c| c.is_ascii_hexdigit()).map(|c| c.to_ascii_lowercase()).collect();
+    r.truncate(32);
+    if r.is_empty() { "0".into() } else { r }
+}
+
 /// The archive key that belongs beside a metadata key (same folder and stem).
 pub fn archive_beside_metadata(meta: &ObjectKey) -> Option<ObjectKey> {
     let stem = meta.as_str().strip_suffix(JSON_EXT)?;
     Some(key(format!("{stem}{ARCHIVE_EXT}")))
 }
 
-/// The metadata key that belongs beside an image archive key.
+/// The metadata key of the image an archive key belongs to (a revision archive's too).
 pub fn metadata_beside_archive(archive: &ObjectKey) -> Option<ObjectKey> {
-    let stem = archive.as_str().strip_suffix(ARCHIVE_EXT)?;
-    Some(key(format!("{stem}{JSON_EXT}")))
+    match classify(archive) {
+        Ok(BucketKey::ImageArchive { app, tag, month, .. }) => {
+            Some(key(format!("{IMAGES}{app}/{month}/{}{JSON_EXT}", image_stem(&app, &tag))))
+        }
+        _ => None,
+    }
 }
 
 pub fn images_prefix(app: &AppName) -> String {
@@ -125,12 +150,19 @@ fn sanitize(s: &str) -> String {
 /// events never share a key, and the same event delivered twice maps to the same key, which
 /// the conditional create turns into a no-op.
 pub fn audit(app: &AppName, at: DateTime<Utc>, event: &str, hash7: &str, discriminators: &[&str]) -> ObjectKey {
-    let mut name = format!("{}-{}-{}", at.format("%Y%m%d-%H%M"), sanitize(event), sanitize(hash7));
+    let mut name = audit_fact_prefix(app, at, event, hash7);
     for d in discriminators.iter().filter(|d| !d.is_empty()) {
         name.push('-');
         name.push_str(&sanitize(d));
     }
-    key(format!("{AUDIT}{app}/{}/{name}{JSON_EXT}", at.format("%Y%m")))
+    key(format!("{name}{JSON_EXT}"))
+}
+
+/// The start every [`audit`] key of one fact shares, whatever its discriminators:
+/// `audit/{app}/{YYYYMM}/{YYYYMMDD-HHMM}-{event}-{hash7}`. `s3dock doctor` lists it to find the
+/// record a function wrote for a document.
+pub fn audit_fact_prefix(app: &AppName, at: DateTime<Utc>, event: &str, hash7: &str) -> String {
+    format!("{AUDIT}{app}/{}/{}-{}-{}", at.format("%Y%m"), at.format("%Y%m%d-%H%M"), sanitize(event), sanitize(hash7))
 }
 
 pub fn audit_prefix(app: &AppName) -> String {
@@ -175,16 +207,59 @@ pub fn agents_prefix(app: &AppName, env: Option<&EnvName>) -> String {
     }
 }
 
+/// The leases of one image: holds (references being made) and its deletion claim.
+pub fn leases_prefix(app: &AppName, tag: &ImageTag) -> String {
+    format!("{LEASES}{app}/{tag}/")
+}
+
+/// A hold on an image, taken by a command about to reference it (`id` unique to the command).
+pub fn hold(app: &AppName, tag: &ImageTag, id: &str) -> ObjectKey {
+    key(format!("{}hold-{}", leases_prefix(app, tag), sanitize(id)))
+}
+
+/// The claim a deleter (cleanup, a rejected upload) takes on an image before deleting it.
+pub fn tombstone(app: &AppName, tag: &ImageTag) -> ObjectKey {
+    key(format!("{}delete", leases_prefix(app, tag)))
+}
+
 /// What a key is, as far as s3dock is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BucketKey {
-    ImageArchive { app: AppName, month: String, tag: ImageTag },
-    ImageMetadata { app: AppName, month: String, tag: ImageTag },
-    Tag { app: AppName, version: Version },
-    Pointer { app: AppName, env: EnvName },
-    Audit { app: AppName },
-    Archive { app: AppName },
-    Agent { app: AppName, env: EnvName, id: AgentId },
+    /// `revision` is set for a re-push's archive (`{stem}.{rev}.tar.gz`).
+    ImageArchive {
+        app: AppName,
+        month: String,
+        tag: ImageTag,
+        revision: Option<String>,
+    },
+    ImageMetadata {
+        app: AppName,
+        month: String,
+        tag: ImageTag,
+    },
+    Tag {
+        app: AppName,
+        version: Version,
+    },
+    Pointer {
+        app: AppName,
+        env: EnvName,
+    },
+    Audit {
+        app: AppName,
+    },
+    Archive {
+        app: AppName,
+    },
+    Agent {
+        app: AppName,
+        env: EnvName,
+        id: AgentId,
+    },
+    Lease {
+        app: AppName,
+        tag: ImageTag,
+    },
 }
 
 impl BucketKey {
@@ -196,7 +271,8 @@ impl BucketKey {
             | BucketKey::Pointer { app, .. }
             | BucketKey::Audit { app }
             | BucketKey::Archive { app }
-            | BucketKey::Agent { app, .. } => app,
+            | BucketKey::Agent { app, .. }
+            | BucketKey::Lease { app, .. } => app,
         }
     }
 }
@@ -204,7 +280,7 @@ impl BucketKey {
 /// Why a key is not one of s3dock's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClassifyError {
-    #[error("{key}: not under a known prefix (images/, tags/, pointers/, audit/, archive/, agents/)")]
+    #[error("{key}: not under a known prefix (images/, tags/, pointers/, audit/, archive/, agents/, leases/)")]
     UnknownPrefix { key: String },
     #[error("{key}: does not follow the bucket layout ({reason})")]
     Malformed { key: String, reason: String },
@@ -227,14 +303,27 @@ pub fn classify(key: &ObjectKey) -> Result<BucketKey, ClassifyError> {
             } else {
                 return Err(bad("image files end in .tar.gz or .json"));
             };
-            let tag = stem
+            let rest = stem
                 .strip_prefix(app.as_str())
                 .and_then(|rest| rest.strip_prefix('-'))
                 .ok_or_else(|| bad("the file name does not start with the app name"))?;
+            // A re-push's archive carries its revision before the extension.
+            let (tag, revision) = match rest.split_once('.') {
+                Some((t, rev)) if is_archive => {
+                    let ok = !rev.is_empty()
+                        && rev.len() <= 32
+                        && rev.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+                    if !ok {
+                        return Err(bad("an archive revision is 1 to 32 lowercase hex digits"));
+                    }
+                    (t, Some(rev.to_owned()))
+                }
+                _ => (rest, None),
+            };
             let tag = ImageTag::parse(tag).map_err(name_err)?;
             let month = (*month).to_owned();
             Ok(if is_archive {
-                BucketKey::ImageArchive { app, month, tag }
+                BucketKey::ImageArchive { app, month, tag, revision }
             } else {
                 BucketKey::ImageMetadata { app, month, tag }
             })
@@ -257,7 +346,15 @@ pub fn classify(key: &ObjectKey) -> Result<BucketKey, ClassifyError> {
             let id = file.strip_suffix(JSON_EXT).ok_or_else(|| bad("agent files end in .json"))?;
             Ok(BucketKey::Agent { app, env, id: AgentId::parse(id).map_err(name_err)? })
         }
-        [first, ..] if ["images", "tags", "pointers", "audit", "archive", "agents"].contains(first) => {
+        ["leases", app, tag, file] => {
+            let app = AppName::parse(app).map_err(name_err)?;
+            let tag = ImageTag::parse(tag).map_err(name_err)?;
+            if *file != "delete" && !file.starts_with("hold-") {
+                return Err(bad("leases are named delete or hold-{id}"));
+            }
+            Ok(BucketKey::Lease { app, tag })
+        }
+        [first, ..] if ["images", "tags", "pointers", "audit", "archive", "agents", "leases"].contains(first) => {
             Err(bad("wrong number of path segments"))
         }
         _ => Err(ClassifyError::UnknownPrefix { key: k.to_owned() }),
@@ -350,6 +447,9 @@ mod tests {
         assert_eq!(staging.as_str(), "audit/myapp/202507/20250721-2118-promotion-f7a5a27-staging-seq7.json");
         let weird = audit(&a, t, "tag", "f7a5a27", &["v1.0.0+build/1 x"]);
         assert_eq!(weird.file_name(), "20250721-2118-tag-f7a5a27-v1.0.0+build_1_x.json");
+        let fact = audit_fact_prefix(&a, t, "promotion", "f7a5a27");
+        assert_eq!(fact, "audit/myapp/202507/20250721-2118-promotion-f7a5a27");
+        assert!(staging.as_str().starts_with(&fact) && prod.as_str().starts_with(&fact));
     }
 
     #[test]
@@ -370,6 +470,20 @@ mod tests {
             classify(&agent(&a, &env, &id)).unwrap(),
             BucketKey::Agent { app: a.clone(), env: env.clone(), id: id.clone() }
         );
+        let rev = image_archive_revision(&a, &tag, "3f9c2a1b");
+        assert_eq!(rev.as_str(), "images/my-app.web/202507/my-app.web-20250721-2118-f7a5a27.3f9c2a1b.tar.gz");
+        assert_eq!(
+            classify(&rev).unwrap(),
+            BucketKey::ImageArchive {
+                app: a.clone(),
+                month: "202507".into(),
+                tag: tag.clone(),
+                revision: Some("3f9c2a1b".into())
+            }
+        );
+        assert_eq!(metadata_beside_archive(&rev), Some(image_metadata(&a, &tag)), "a revision belongs to its image");
+        assert_eq!(classify(&hold(&a, &tag, "abc")).unwrap(), BucketKey::Lease { app: a.clone(), tag: tag.clone() });
+        assert_eq!(tombstone(&a, &tag).as_str(), "leases/my-app.web/20250721-2118-f7a5a27/delete");
         // An image pushed by the original tool in a later month still classifies.
         let legacy = ObjectKey::parse("images/my-app.web/202508/my-app.web-20250721-2118-f7a5a27.json").unwrap();
         assert!(matches!(classify(&legacy), Ok(BucketKey::ImageMetadata { month, .. }) if month == "202508"));
@@ -387,6 +501,9 @@ mod tests {
             "pointers/MyApp/production.json",
             "pointers/.probe/123",
             "pointers/myapp/prod/extra.json",
+            "images/myapp/202507/myapp-20250721-2118-f7a5a27.XYZ.tar.gz",
+            "images/myapp/202507/myapp-20250721-2118-f7a5a27.abc.json",
+            "leases/myapp/20250721-2118-f7a5a27/other",
         ] {
             assert!(classify(&ObjectKey::parse(k).unwrap()).is_err(), "{k}");
         }

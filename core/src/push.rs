@@ -1,36 +1,45 @@
 //! The bucket side of a push: decide whether to upload, stream the archive in, archive what it
 //! replaces, and commit with the metadata.
 //!
-//! Order and conditions, which together mean no upload is ever lost:
-//! 1. Plan: metadata for this tag with the same Docker image id means the image is already
-//!    there: skip without exporting anything (`docker save` is not byte-stable, so comparing
-//!    MD5s alone would almost never skip).
-//! 2. Stream the gzipped archive into the store, hashing it on the way (MD5, SHA-256, size).
-//! 3. Just before the upload becomes visible (the store's commit check): if the MD5 equals the
-//!    existing metadata's, abort — identical content, nothing to replace. Otherwise copy what
-//!    is there to `archive/` (conditional creates: archive objects are never overwritten).
-//! 4. The upload commits conditionally: `If-Match` on the archive ETag seen at planning (or
-//!    `If-None-Match: *` if there was none). A concurrent pusher that got there first makes
-//!    this fail, and we report it rather than overwrite their upload.
-//! 5. The metadata is written last, also conditionally; it is the commit marker readers and
-//!    the verifier rely on. An interrupted push leaves no metadata and, since the multipart
-//!    upload is aborted (or never completed), no visible archive.
-
-use std::sync::{Arc, Mutex};
+//! Order and conditions, which together mean no upload is ever lost and readers never see
+//! metadata beside an archive it does not describe:
+//! 1. Plan: metadata for this tag with the same Docker image id (and its archive intact) means
+//!    the image is already there: skip without exporting anything (`docker save` is not
+//!    byte-stable, so comparing MD5s alone would almost never skip). Different content under a
+//!    tag that a tag file, pointer or agent references is refused unless forced: it would
+//!    change what they run.
+//! 2. Stream the gzipped archive to a key nobody else writes: the tag's own archive key on a
+//!    first push (created with `If-None-Match: *`), a revision key unique to this push when
+//!    anything is already there. Hash it on the way (MD5, SHA-256, size). Just before it becomes
+//!    visible, an upload identical to what the bucket holds is dropped (same MD5).
+//! 3. Copy what will be replaced (metadata and archive) to `archive/`, conditional creates.
+//! 4. Commit: write the metadata, which names the archive (key and ETag), conditionally on the
+//!    metadata read at planning (`If-Match`, or `If-None-Match: *` when there was none). This
+//!    single write moves readers from the old archive to the new one. A concurrent push that
+//!    committed first makes it fail: this upload is deleted and the push reports it.
+//! 5. Only then delete the replaced archive (already archived). Every write carries this
+//!    push's write id, so a write whose response was lost is recognized as this push's own.
+//!
+//! An interrupted push leaves no metadata and no visible archive (the multipart upload is
+//! aborted), or, killed after step 2, an archive no metadata names, which cleanup removes
+//! after its grace period; killed after step 4, a replaced archive that was already archived.
 
 use bytes::Bytes;
 
+use crate::bucket::{self, Written};
+use crate::clock::new_write_id;
 use crate::digest::{Digests, HashingReader};
-use crate::docs::{self, ImageMetadata, SCHEMA_VERSION};
+use crate::docs::{self, DocError, ImageMetadata, ReplacedImage, SCHEMA_VERSION};
 use crate::error::{Error, Result};
-use crate::events::{self, EventError, ObjectEvent, Outcome, Verification};
+use crate::events::{EventError, ObjectEvent, Outcome, Verification};
 use crate::layout;
 use crate::names::{ImageRef, ObjectKey};
 use crate::registry::{ImageRecord, Registry};
-use crate::store::{BoxReader, ETag, ObjectInfo, Precondition, PutOptions, StoreError, read_small};
+use crate::store::{Abort, BoxReader, ObjectInfo, Precondition, PutOptions, StoreError, read_small};
+use crate::transfer::Progress;
 
 /// What the image itself says about where it came from (its labels and `docker inspect`).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct PushFacts {
     /// Docker's content id (`sha256:...`).
     pub image_id: String,
@@ -42,6 +51,8 @@ pub struct PushFacts {
     pub source: Option<String>,
     /// `docker-archive` or `oci-archive`.
     pub format: Option<String>,
+    /// Counts the uncompressed tar bytes as they stream; recorded as `tar_size` at commit.
+    pub tar_bytes: Option<Progress>,
 }
 
 /// What is in the bucket under the tag being pushed.
@@ -49,17 +60,30 @@ pub struct PushFacts {
 pub struct Existing {
     /// The metadata, if present and readable.
     pub metadata: Option<ImageMetadata>,
-    /// The metadata object's ETag, present even when the document is unreadable.
-    pub metadata_etag: Option<ETag>,
+    /// The metadata object (present even when the document is unreadable).
+    pub metadata_info: Option<ObjectInfo>,
+    /// The archive the metadata names, or an unfinished push's archive at the tag's key.
     pub archive: Option<ObjectInfo>,
+}
+
+/// What a push will do, decided before anything is exported.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub existing: Existing,
+    /// Where the new archive goes: the tag's own key if nothing is there, else a revision key.
+    pub target: ObjectKey,
+    /// This push's write id, in every object it writes.
+    pub write_id: String,
+    /// The content replaced is referenced and the push was forced: what referenced it.
+    pub forced_over: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 pub enum PushPlan {
     /// The bucket holds this image already.
     Skip { record: ImageRecord, reason: String },
-    /// Upload; `existing` is what will be archived if the content differs.
-    Upload { existing: Existing },
+    /// Upload.
+    Upload(Upload),
 }
 
 #[derive(Debug)]
@@ -73,6 +97,8 @@ pub struct PushOutcome {
     pub skipped: Option<String>,
     /// Where replaced content went.
     pub archived: Vec<ObjectKey>,
+    /// What referenced the replaced content, when `--force` replaced it.
+    pub forced_over: Vec<String>,
     pub event: Option<std::result::Result<Outcome, EventError>>,
 }
 
@@ -86,40 +112,55 @@ impl PushOutcome {
             digests: None,
             skipped: Some(reason),
             archived: vec![],
+            forced_over: vec![],
             event: None,
         }
     }
 }
 
-/// The reason the commit check gives when the upload turns out identical.
-const SAME_CONTENT: &str = "identical content: the bucket already has an archive with this MD5";
-
 impl Registry {
-    /// Decides whether `image` (with Docker id `image_id`) needs uploading.
-    pub async fn plan_push(&self, image: &ImageRef, image_id: &str) -> Result<PushPlan> {
+    /// Decides whether `image` (with Docker id `image_id`) needs uploading, and where. A
+    /// replacement of referenced content is refused unless `force`.
+    pub async fn plan_push(&self, image: &ImageRef, image_id: &str, force: bool) -> Result<PushPlan> {
+        if !docs::is_image_id(image_id) {
+            return Err(Error::Usage {
+                message: format!(
+                    "{image_id:?} is not a Docker image id (sha256: and 64 hex digits); check `docker image inspect`"
+                ),
+            });
+        }
+        self.ensure_preconditions().await?;
         let meta_key = layout::image_metadata(&image.app, &image.tag);
-        let archive_key = layout::image_archive(&image.app, &image.tag);
         let mut existing = Existing::default();
         if let Some((bytes, info)) = read_small(&**self.store(), &meta_key, docs::MAX_DOC_BYTES).await? {
-            existing.metadata_etag = Some(info.etag);
+            existing.metadata_info = Some(info);
             match docs::decode::<ImageMetadata>(meta_key.as_str(), &bytes) {
                 Ok(m) => existing.metadata = Some(m),
+                // Never overwrite what a newer s3dock wrote: it may mean more than this build knows.
+                Err(e @ DocError::UnsupportedVersion { .. }) => return Err(e.into()),
                 Err(e) => {
                     tracing::warn!(key = %meta_key, error = %e, "existing metadata is unreadable; it will be archived and replaced")
                 }
             }
         }
-        existing.archive = self.store().head(&archive_key).await?;
+        let archive_key = match &existing.metadata {
+            Some(m) => bucket::archive_key(&meta_key, m),
+            None => layout::archive_beside_metadata(&meta_key),
+        };
+        if let Some(k) = &archive_key {
+            existing.archive = self.store().head(k).await?;
+        }
         if let (Some(m), Some(a)) = (&existing.metadata, &existing.archive)
             && m.image_id.as_deref() == Some(image_id)
             && m.size == a.size
+            && m.archive_etag.as_ref().is_none_or(|e| a.etag == crate::store::ETag(e.clone()))
             && m.app_name == image.app.as_str()
             && m.image_tag == image.to_string()
         {
             let record = ImageRecord {
                 image: image.clone(),
                 metadata_key: meta_key,
-                archive_key,
+                archive_key: a.key.clone(),
                 metadata: m.clone(),
                 archive_size: a.size,
             };
@@ -128,7 +169,32 @@ impl Registry {
                 reason: format!("the bucket already has {image} with image id {image_id}"),
             });
         }
-        Ok(PushPlan::Upload { existing })
+        // Different content under a tag something runs or follows changes what it runs.
+        let mut forced_over = Vec::new();
+        if let Some(m) = &existing.metadata
+            && m.image_id.as_deref() != Some(image_id)
+        {
+            let refs = bucket::references(&**self.store(), image).await?;
+            if !refs.is_empty() {
+                if !force {
+                    return Err(Error::Refused {
+                        message: format!(
+                            "{image} in the bucket is image {}, referenced by {}; pushing image {image_id} under the same tag would change what they run. Build a new commit (a new tag), or pass --force to replace it (audited; agents redeploy)",
+                            m.image_id.as_deref().unwrap_or("(unknown id)"),
+                            refs.join(", ")
+                        ),
+                    });
+                }
+                forced_over = refs;
+            }
+        }
+        let write_id = new_write_id(&**self.clock());
+        let target = if existing.metadata_info.is_none() && existing.archive.is_none() {
+            layout::image_archive(&image.app, &image.tag)
+        } else {
+            layout::image_archive_revision(&image.app, &image.tag, &write_id[..12])
+        };
+        Ok(PushPlan::Upload(Upload { existing, target, write_id, forced_over }))
     }
 
     /// Streams the gzipped archive `body` to the bucket and commits it (see the module doc).
@@ -137,98 +203,105 @@ impl Registry {
         image: &ImageRef,
         facts: &PushFacts,
         body: BoxReader,
-        existing: Existing,
+        plan: Upload,
     ) -> Result<PushOutcome> {
         let store = self.store().clone();
-        let archive_key = layout::image_archive(&image.app, &image.tag);
         let metadata_key = layout::image_metadata(&image.app, &image.tag);
+        let Upload { existing, target, write_id, forced_over } = plan;
         let hashing = HashingReader::new(body);
         let handle = hashing.handle();
-        let archived: Arc<Mutex<Vec<ObjectKey>>> = Arc::default();
-
         let check = {
-            let store = store.clone();
             let handle = handle.clone();
-            let archived = archived.clone();
-            let existing = existing.clone();
-            let image = image.clone();
-            let clock = self.clock().clone();
-            let (archive_key, metadata_key) = (archive_key.clone(), metadata_key.clone());
-            move || -> futures::future::BoxFuture<'static, std::result::Result<(), String>> {
+            let old = existing.metadata.clone();
+            move || -> futures::future::BoxFuture<'static, std::result::Result<(), Abort>> {
                 Box::pin(async move {
-                    let d = handle.digests().ok_or("the image stream ended early")?;
-                    if let Some(m) = &existing.metadata
-                        && m.checksum == d.md5
-                        && m.size == d.size
-                    {
-                        return Err(SAME_CONTENT.to_owned());
+                    let d = handle.digests().ok_or_else(|| Abort::Refused("the image stream ended early".into()))?;
+                    match old {
+                        Some(m) if m.checksum == d.md5 && m.size == d.size => Err(Abort::Identical),
+                        _ => Ok(()),
                     }
-                    // Different content is about to replace what is there: keep a copy first.
-                    let now = clock.now();
-                    let stem = layout::image_stem(&image.app, &image.tag);
-                    let month = image.tag.month();
-                    for (present, key, ext) in [
-                        (existing.archive.is_some(), &archive_key, layout::ARCHIVE_EXT),
-                        (existing.metadata_etag.is_some(), &metadata_key, layout::JSON_EXT),
-                    ] {
-                        if !present {
-                            continue;
-                        }
-                        let dst = events::archive_copy(&*store, key, |n| {
-                            layout::archive(&image.app, &month, &stem, now, n, ext)
-                        })
-                        .await;
-                        match dst {
-                            Ok(dst) => archived.lock().unwrap_or_else(|p| p.into_inner()).push(dst),
-                            // Gone since planning (a concurrent push or cleanup): nothing to keep.
-                            Err(e) if e.is_not_found() => {}
-                            Err(e) => return Err(format!("could not archive {key} before replacing it: {e}")),
-                        }
-                    }
-                    Ok(())
                 })
             }
         };
-        let precondition = match &existing.archive {
-            Some(a) => Precondition::IfMatch(a.etag.clone()),
-            None => Precondition::IfAbsent,
+        let opts = PutOptions {
+            precondition: Precondition::IfAbsent,
+            commit_check: Some(Box::new(check)),
+            write_id: Some(write_id.clone()),
+            ..Default::default()
         };
-        let put = store
-            .put_stream(
-                &archive_key,
-                Box::pin(hashing),
-                PutOptions { precondition, commit_check: Some(Box::new(check)), size_hint: None },
-            )
-            .await;
-        let archive_info = match put {
+        let archive_info = match store.put_stream(&target, Box::pin(hashing), opts).await {
             Ok(info) => info,
-            Err(StoreError::Aborted { reason, .. }) if reason == SAME_CONTENT => {
+            Err(StoreError::Aborted { reason: Abort::Identical, .. }) => {
                 return Ok(PushOutcome {
                     image: image.clone(),
-                    archive_key,
+                    archive_key: existing.archive.as_ref().map(|a| a.key.clone()).unwrap_or(target),
                     metadata_key,
                     digests: handle.digests(),
                     skipped: Some(format!("the bucket already has {image} with the same MD5")),
                     archived: vec![],
+                    forced_over: vec![],
                     event: None,
                 });
             }
-            Err(e) if e.is_precondition_failed() || e.is_not_found() => {
-                return Err(Error::Conflict {
-                    message: format!(
-                        "another push of {image} landed while this one was uploading; nothing was replaced — run `s3dock push {image}` again (it skips if the bucket now has this image)"
-                    ),
-                });
-            }
+            Err(e) if e.is_precondition_failed() => match store.head(&target).await? {
+                // The upload landed and only the answer was lost (the SDK's retry then failed
+                // the condition on our own object).
+                Some(info) if info.write_id.as_deref() == Some(write_id.as_str()) => info,
+                _ => {
+                    return Err(Error::Conflict {
+                        message: format!(
+                            "another push of {image} is landing at the same moment; nothing was replaced — run `s3dock push {image}` again (it skips if the bucket then has this image)"
+                        ),
+                    });
+                }
+            },
             Err(e) => return Err(e.into()),
         };
         let digests = handle.digests().ok_or_else(|| Error::integrity("the image stream ended early"))?;
-        let archived: Vec<ObjectKey> = archived.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // From here on the upload exists: any failure before the commit removes it again.
+        let discard = |why: Error| {
+            let store = store.clone();
+            let (target, etag) = (target.clone(), archive_info.etag.clone());
+            async move {
+                if let Err(e) = store.delete_if(&target, &etag).await {
+                    tracing::warn!(key = %target, error = %e, "could not remove an upload that was not committed; cleanup removes it");
+                }
+                why
+            }
+        };
+
+        // Keep a copy of what is about to be replaced.
+        let mut archived: Vec<ObjectKey> = Vec::new();
+        let now = self.clock().now();
+        let stem = layout::image_stem(&image.app, &image.tag);
+        let month = image.tag.month();
+        let old_archive = existing.archive.as_ref().filter(|a| a.key != target);
+        for (key, ext) in [
+            (existing.metadata_info.as_ref().map(|i| &i.key), layout::JSON_EXT),
+            (old_archive.map(|a| &a.key), layout::ARCHIVE_EXT),
+        ] {
+            let Some(key) = key else { continue };
+            match bucket::archive_copy(&*store, key, |n| layout::archive(&image.app, &month, &stem, now, n, ext)).await
+            {
+                Ok(dst) => archived.push(dst),
+                // Gone since planning (a concurrent push or cleanup): nothing to keep.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    let why = Error::Conflict {
+                        message: format!(
+                            "could not archive {key} before replacing it ({e}); nothing was replaced — run the push again"
+                        ),
+                    };
+                    return Err(discard(why).await);
+                }
+            }
+        }
+
         let meta = ImageMetadata {
             schema_version: Some(SCHEMA_VERSION),
             checksum: digests.md5.clone(),
             size: digests.size,
-            created_at: self.clock().now(),
+            created_at: now,
             git_hash: facts.git_hash.clone(),
             git_time: facts.git_time.clone(),
             image_tag: image.to_string(),
@@ -240,15 +313,56 @@ impl Registry {
             source: facts.source.clone(),
             format: facts.format.clone(),
             archived_previous: archived.iter().find(|k| k.as_str().ends_with(layout::JSON_EXT)).map(|k| k.to_string()),
+            archive_path: (target != layout::image_archive(&image.app, &image.tag)).then(|| target.to_string()),
+            archive_etag: Some(archive_info.etag.0.clone()),
+            tar_size: facts.tar_bytes.as_ref().map(Progress::bytes).filter(|n| *n > 0),
+            write_id: Some(write_id.clone()),
+            recent_writes: existing
+                .metadata
+                .as_ref()
+                .map(|m| docs::recent_writes(m.write_id.as_deref(), &m.recent_writes))
+                .unwrap_or_default(),
+            replaced: existing.metadata_info.as_ref().map(|_| ReplacedImage {
+                image_id: existing.metadata.as_ref().and_then(|m| m.image_id.clone()),
+                checksum: existing.metadata.as_ref().map(|m| m.checksum.clone()).unwrap_or_default(),
+                forced: !forced_over.is_empty(),
+            }),
         };
-        self.commit_metadata(image, &metadata_key, &archive_key, &archive_info.etag, &meta, existing.metadata_etag)
-            .await?;
+        let body = Bytes::from(docs::encode(&meta));
+        let precondition = match &existing.metadata_info {
+            Some(info) => Precondition::IfMatch(info.etag.clone()),
+            None => Precondition::IfAbsent,
+        };
+        let etag = match bucket::put_doc(&*store, &**self.clock(), &metadata_key, body.clone(), precondition, &write_id)
+            .await
+        {
+            Ok(Written::Ours(etag)) => etag,
+            // Committed, and a later push already replaced it (archiving this one).
+            Ok(Written::Superseded) => crate::store::ETag(String::new()),
+            Ok(Written::Conflict) => {
+                let why = Error::Conflict {
+                    message: format!(
+                        "another push of {image} committed while this one was uploading; this upload was discarded and nothing of theirs was replaced — run `s3dock push {image}` again if this image should win"
+                    ),
+                };
+                return Err(discard(why).await);
+            }
+            Err(e) => return Err(discard(e.into()).await),
+        };
+
+        // Committed. The replaced archive was archived above; readers now go by the new metadata.
+        if let Some(old) = old_archive
+            && let Err(e) = store.delete_if(&old.key, &old.etag).await
+            && !e.is_not_found()
+        {
+            tracing::warn!(key = %old.key, error = %e, "could not remove the replaced archive (it was archived); cleanup removes it");
+        }
         let event = match self.handlers() {
             Some(h) => Some(
                 h.verify_upload(
                     &image.app,
                     &metadata_key,
-                    &ObjectEvent::inline(metadata_key.clone()),
+                    &ObjectEvent::written(metadata_key.clone(), &etag, body),
                     Verification::Streamed(digests.clone()),
                 )
                 .await,
@@ -257,51 +371,13 @@ impl Registry {
         };
         Ok(PushOutcome {
             image: image.clone(),
-            archive_key,
+            archive_key: target,
             metadata_key,
             digests: Some(digests),
             skipped: None,
             archived,
+            forced_over,
             event,
-        })
-    }
-
-    /// Writes the metadata conditionally. If someone changed it since planning but the
-    /// archive is still ours, ours is the truth: re-read its ETag and write again. If the
-    /// archive is no longer ours, a later push won and wrote (or will write) its own metadata.
-    async fn commit_metadata(
-        &self,
-        image: &ImageRef,
-        metadata_key: &ObjectKey,
-        archive_key: &ObjectKey,
-        our_archive: &ETag,
-        meta: &ImageMetadata,
-        mut seen: Option<ETag>,
-    ) -> Result<()> {
-        let body = Bytes::from(docs::encode(meta));
-        for _ in 0..10 {
-            let precondition = match &seen {
-                Some(etag) => Precondition::IfMatch(etag.clone()),
-                None => Precondition::IfAbsent,
-            };
-            match self.store().put_bytes(metadata_key, body.clone(), precondition).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_precondition_failed() || e.is_not_found() => {
-                    let still_ours = self.store().head(archive_key).await?.is_some_and(|a| &a.etag == our_archive);
-                    if !still_ours {
-                        return Err(Error::Conflict {
-                            message: format!(
-                                "another push of {image} replaced this one right after it landed (this upload was archived); run `s3dock push {image}` again if this image should win"
-                            ),
-                        });
-                    }
-                    seen = self.store().head(metadata_key).await?.map(|i| i.etag);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::Conflict {
-            message: format!("{metadata_key} kept changing under concurrent pushes; run the push again"),
         })
     }
 }
@@ -314,7 +390,9 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::registry::{EventMode, HistoryQuery};
+    use crate::names::{EnvName, Version};
+    use crate::registry::{EventMode, HistoryQuery, PromoteSource};
+    use crate::store::faults::{Faulty, Op};
     use crate::store::{MemoryStore, ObjectStore, list_all, reader_from_bytes};
 
     fn setup() -> (Arc<MemoryStore>, Registry) {
@@ -328,6 +406,11 @@ mod tests {
         (store.clone(), Registry::new(store, clock.clone(), "alice", EventMode::Inline), clock)
     }
 
+    /// A valid Docker image id made of one repeated hex digit.
+    fn id(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
     fn facts(id: &str) -> PushFacts {
         PushFacts {
             image_id: id.into(),
@@ -336,43 +419,63 @@ mod tests {
             platform: Some("linux/amd64".into()),
             source: None,
             format: Some("docker-archive".into()),
+            tar_bytes: None,
+        }
+    }
+
+    async fn push_with(
+        reg: &Registry,
+        image: &ImageRef,
+        id: &str,
+        body: &'static [u8],
+        force: bool,
+    ) -> Result<PushOutcome> {
+        match reg.plan_push(image, id, force).await? {
+            PushPlan::Skip { record, reason } => Ok(PushOutcome::skipped(record, reason)),
+            PushPlan::Upload(plan) => reg.push_archive(image, &facts(id), reader_from_bytes(body), plan).await,
         }
     }
 
     async fn push(reg: &Registry, image: &ImageRef, id: &str, body: &'static [u8]) -> Result<PushOutcome> {
-        match reg.plan_push(image, id).await? {
-            PushPlan::Skip { record, reason } => Ok(PushOutcome::skipped(record, reason)),
-            PushPlan::Upload { existing } => {
-                reg.push_archive(image, &facts(id), reader_from_bytes(body), existing).await
-            }
-        }
+        push_with(reg, image, id, body, false).await
+    }
+
+    fn image() -> ImageRef {
+        ImageRef::parse("myapp:20250721-2118-f7a5a27").unwrap()
     }
 
     #[tokio::test]
     async fn push_commits_metadata_last_and_skips_known_images() {
         let (store, reg, clock) = setup_with_clock();
-        let image = ImageRef::parse("myapp:20250721-2118-f7a5a27").unwrap();
-        let out = push(&reg, &image, "sha256:aaa", b"first archive").await.unwrap();
+        let image = image();
+        let out = push(&reg, &image, &id('a'), b"first archive").await.unwrap();
         assert!(out.skipped.is_none());
         assert!(matches!(out.event, Some(Ok(Outcome::Recorded { .. }))), "{:?}", out.event);
+        assert_eq!(
+            out.archive_key,
+            layout::image_archive(&image.app, &image.tag),
+            "a first push uses the tag's own key"
+        );
         let rec = reg.image(&image).await.unwrap();
-        assert_eq!(rec.metadata.image_id.as_deref(), Some("sha256:aaa"));
+        assert_eq!(rec.metadata.image_id.as_deref(), Some(id('a').as_str()));
         assert_eq!(rec.metadata.pushed_by.as_deref(), Some("alice"));
         assert_eq!(rec.metadata.size, 13);
+        assert!(rec.metadata.write_id.is_some() && rec.metadata.archive_etag.is_some());
+        assert_eq!(rec.metadata.archive_path, None, "the archive beside the metadata needs no name");
 
         // Same image id: skipped before any export.
-        let again = push(&reg, &image, "sha256:aaa", b"would differ").await.unwrap();
+        let again = push(&reg, &image, &id('a'), b"would differ").await.unwrap();
         assert!(again.skipped.as_deref().unwrap().contains("image id"), "{:?}", again.skipped);
         assert!(again.digests.is_none());
 
         // Another image id, identical bytes: the MD5 check aborts the write.
-        let same = push(&reg, &image, "sha256:bbb", b"first archive").await.unwrap();
+        let same = push(&reg, &image, &id('b'), b"first archive").await.unwrap();
         assert!(same.skipped.as_deref().unwrap().contains("same MD5"), "{:?}", same.skipped);
         assert!(reg.list_archive(&image.app).await.unwrap().is_empty());
 
         // Different content, a minute later: the old pair is archived first, then replaced.
         clock.advance(chrono::Duration::minutes(1));
-        let replaced = push(&reg, &image, "sha256:ccc", b"second archive!").await.unwrap();
+        let replaced = push(&reg, &image, &id('c'), b"second archive!").await.unwrap();
         assert_eq!(replaced.archived.len(), 2, "{:?}", replaced.archived);
         let archived: Vec<String> =
             list_all(&*store, "archive/").await.unwrap().iter().map(|o| o.key.to_string()).collect();
@@ -384,19 +487,84 @@ mod tests {
             ]
         );
         let rec = reg.image(&image).await.unwrap();
-        assert_eq!(rec.metadata.image_id.as_deref(), Some("sha256:ccc"));
+        assert_eq!(rec.metadata.image_id.as_deref(), Some(id('c').as_str()));
         assert_eq!(rec.metadata.archived_previous.as_deref(), Some(archived[0].as_str()));
+        assert_eq!(rec.metadata.replaced.as_ref().and_then(|r| r.image_id.clone()), Some(id('a')));
         let pushes =
             reg.history(&image.app, &HistoryQuery { types: vec!["push".into()], ..Default::default() }).await.unwrap();
         assert_eq!(pushes.len(), 2);
         assert_eq!(pushes[0].record.as_ref().unwrap().details["was_archived"], true);
         assert_eq!(pushes[0].record.as_ref().unwrap().details["verified"], "streamed");
+        // The replaced archive is gone from images/ (it is in archive/), the new one is named.
+        let images: Vec<String> =
+            list_all(&*store, "images/").await.unwrap().iter().map(|o| o.key.to_string()).collect();
+        assert_eq!(images.len(), 2, "{images:?}");
+        assert_eq!(Some(rec.archive_key.to_string()), rec.metadata.archive_path);
+    }
+
+    /// Regression: a re-push replaced the archive in place before writing its metadata, so a
+    /// crash (or a failed metadata write) in between left old metadata beside a new archive and
+    /// every pull of the image failed. Now the new archive goes to its own key and the metadata
+    /// swap is the only step readers see.
+    #[tokio::test]
+    async fn a_repush_that_fails_before_its_commit_leaves_the_old_image_whole() {
+        let inner = MemoryStore::new();
+        let store = Arc::new(Faulty::new(inner));
+        let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2025, 7, 22, 10, 18, 0).unwrap()));
+        let reg = Registry::new(store.clone(), clock, "alice", EventMode::Inline);
+        let image = image();
+        push(&reg, &image, &id('a'), b"first archive").await.unwrap();
+        let before = reg.image(&image).await.unwrap();
+        // The metadata write fails (credentials expired, a crash): nothing may change for readers.
+        store.fail(Op::PutBytes, ".json", 1, |k| StoreError::AccessDenied { store: "test".into(), detail: k.into() });
+        let e = push(&reg, &image, &id('b'), b"second archive!").await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Unavailable, "{e}");
+        let after = reg.image(&image).await.unwrap();
+        assert_eq!(after.metadata, before.metadata);
+        let obj = store.get(&after.archive_key, Default::default()).await.unwrap();
+        let bytes = crate::store::read_to_vec(obj.body).await.unwrap();
+        assert_eq!(bytes, b"first archive", "the metadata's archive is still the one it describes");
+        let images: Vec<String> =
+            list_all(&*store, "images/").await.unwrap().iter().map(|o| o.key.to_string()).collect();
+        assert_eq!(images.len(), 2, "the uncommitted upload was removed again: {images:?}");
+    }
+
+    /// Regression: re-pushing different content under a tag that a pointer (or tag, or agent)
+    /// references silently changed what it runs.
+    #[tokio::test]
+    async fn a_repush_under_a_referenced_tag_needs_force() {
+        let (_store, reg, clock) = setup_with_clock();
+        let image = image();
+        push(&reg, &image, &id('a'), b"first archive").await.unwrap();
+        let prod = EnvName::parse("production").unwrap();
+        reg.promote(&PromoteSource::Image(image.clone()), &prod).await.unwrap();
+        let e = push(&reg, &image, &id('b'), b"other bytes").await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Conflict, "{e}");
+        assert!(e.to_string().contains("environment production") && e.to_string().contains("--force"), "{e}");
+        assert_eq!(reg.image(&image).await.unwrap().metadata.image_id, Some(id('a')));
+
+        clock.advance(chrono::Duration::minutes(1));
+        let forced = push_with(&reg, &image, &id('b'), b"other bytes", true).await.unwrap();
+        assert_eq!(forced.forced_over, ["environment production"]);
+        let rec = reg.image(&image).await.unwrap();
+        assert_eq!(rec.metadata.image_id, Some(id('b')));
+        assert!(rec.metadata.replaced.as_ref().is_some_and(|r| r.forced));
+        let pushes =
+            reg.history(&image.app, &HistoryQuery { types: vec!["push".into()], ..Default::default() }).await.unwrap();
+        let newest = pushes[0].record.as_ref().unwrap();
+        assert_eq!(newest.details["forced"], true);
+        assert_eq!(newest.details["replaced_image_id"], id('a'));
+
+        // The same image id again is no change at all, referenced or not.
+        let v = Version::parse("v1.0.0").unwrap();
+        reg.tag(&image, &v, false).await.unwrap();
+        assert!(push(&reg, &image, &id('b'), b"x").await.unwrap().skipped.is_some());
     }
 
     #[tokio::test]
     async fn a_failed_stream_leaves_nothing_visible() {
         let (store, reg) = setup();
-        let image = ImageRef::parse("myapp:20250721-2118-f7a5a27").unwrap();
+        let image = image();
         struct Broken;
         impl tokio::io::AsyncRead for Broken {
             fn poll_read(
@@ -407,8 +575,8 @@ mod tests {
                 std::task::Poll::Ready(Err(std::io::Error::other("docker save failed")))
             }
         }
-        let PushPlan::Upload { existing } = reg.plan_push(&image, "sha256:aaa").await.unwrap() else { panic!() };
-        let e = reg.push_archive(&image, &facts("sha256:aaa"), Box::pin(Broken), existing).await.unwrap_err();
+        let PushPlan::Upload(plan) = reg.plan_push(&image, &id('a'), false).await.unwrap() else { panic!() };
+        let e = reg.push_archive(&image, &facts(&id('a')), Box::pin(Broken), plan).await.unwrap_err();
         assert!(e.to_string().contains("docker save failed"), "{e}");
         assert!(list_all(&*store, "").await.unwrap().is_empty());
     }
@@ -416,16 +584,22 @@ mod tests {
     #[tokio::test]
     async fn a_concurrent_push_is_not_overwritten() {
         let (store, reg) = setup();
-        let image = ImageRef::parse("myapp:20250721-2118-f7a5a27").unwrap();
+        let image = image();
         // Both plan against an empty bucket; one commits first.
-        let PushPlan::Upload { existing: ours } = reg.plan_push(&image, "sha256:ours").await.unwrap() else { panic!() };
-        push(&reg, &image, "sha256:theirs", b"their archive").await.unwrap();
-        let e = reg
-            .push_archive(&image, &facts("sha256:ours"), reader_from_bytes(&b"our archive"[..]), ours)
-            .await
-            .unwrap_err();
+        let PushPlan::Upload(ours) = reg.plan_push(&image, &id('0'), false).await.unwrap() else { panic!() };
+        push(&reg, &image, &id('1'), b"their archive").await.unwrap();
+        let e =
+            reg.push_archive(&image, &facts(&id('0')), reader_from_bytes(&b"our archive"[..]), ours).await.unwrap_err();
         assert_eq!(e.kind(), crate::ErrorKind::Conflict, "{e}");
-        assert_eq!(reg.image(&image).await.unwrap().metadata.image_id.as_deref(), Some("sha256:theirs"));
+        assert_eq!(reg.image(&image).await.unwrap().metadata.image_id, Some(id('1')));
         assert!(store.head(&layout::image_archive(&image.app, &image.tag)).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn image_ids_that_are_not_docker_ids_are_refused() {
+        let (store, reg) = setup();
+        let e = reg.plan_push(&image(), "postgres:16", false).await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Usage, "{e}");
+        assert!(list_all(&*store, "").await.unwrap().is_empty());
     }
 }

@@ -46,6 +46,11 @@ pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
 pub enum QueueError {
     #[error("queue {queue} does not exist; create it, or fix the queue URL in the agent's registration")]
     NotFound { queue: String },
+    /// `CreateQueue` of a name that exists with other values for the attributes given.
+    #[error(
+        "queue {queue} already exists with other attributes; change them with SetQueueAttributes, or delete the queue"
+    )]
+    AlreadyExists { queue: String },
     #[error("SQS refused the request on {queue} ({detail}); check the credentials and the IAM / queue policy")]
     AccessDenied { queue: String, detail: String },
     #[error("cannot reach SQS at {endpoint} ({detail}); check the endpoint, your network, and that the service runs")]
@@ -199,7 +204,9 @@ impl SqsClient {
         Ok(self.queue(url))
     }
 
-    /// Creates a queue (or returns the existing one if its attributes match, as SQS does).
+    /// Creates a queue (or returns the existing one if its attributes match, as SQS does; an
+    /// existing queue with other values for the attributes given is
+    /// [`QueueError::AlreadyExists`]).
     pub async fn create_queue(&self, name: &str, settings: &QueueSettings) -> Result<SqsQueue, QueueError> {
         check_queue_name(name).map_err(|message| QueueError::Invalid { message })?;
         let mut req = self.client.create_queue().queue_name(name);
@@ -236,6 +243,7 @@ async fn sdk_config(cfg: &SqsConfig) -> aws_config::SdkConfig {
 /// IAM permission), through the configured custom endpoint when there is one (LocalStack
 /// answers `000000000000`).
 pub async fn caller_account(cfg: &SqsConfig) -> Result<String, QueueError> {
+    use crate::identity::{IdentityError, StsSettings, caller_identity};
     let endpoint = match &cfg.endpoint {
         Some(ep) => Some(
             Endpoint::parse(ep)
@@ -243,54 +251,27 @@ pub async fn caller_account(cfg: &SqsConfig) -> Result<String, QueueError> {
         ),
         None => None,
     };
-    let sdk = sdk_config(cfg).await;
-    let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
-    let mut builder = aws_sdk_sts::config::Builder::from(&sdk).region(Region::new(region.clone()));
-    if let Some(ep) = &endpoint {
-        builder = builder.endpoint_url(ep.to_string());
-    }
-    let shown = endpoint.map(|e| e.to_string()).unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
-    let client = aws_sdk_sts::Client::from_conf(builder.build());
+    let settings = StsSettings {
+        region: cfg.region.clone(),
+        endpoint: endpoint.map(|e| e.to_string()),
+        aws_profile: cfg.aws_profile.clone(),
+    };
     let hint = "set account_id in the profile instead";
-    let out = client.get_caller_identity().send().await.map_err(|e| {
-        if has_credentials_error(&e) {
-            return QueueError::NoCredentials { detail: DisplayErrorContext(&e).to_string() };
+    let id = caller_identity(&settings).await.map_err(|e| match e {
+        IdentityError::NoCredentials { detail } => QueueError::NoCredentials { detail },
+        IdentityError::Unreachable { endpoint, detail } => {
+            QueueError::Unreachable { endpoint, detail: format!("STS GetCallerIdentity: {detail}; {hint}") }
         }
-        match &e {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => QueueError::Unreachable {
-                endpoint: shown.clone(),
-                detail: format!("STS GetCallerIdentity: {}; {hint}", DisplayErrorContext(&e)),
-            },
-            SdkError::ServiceError(se) => {
-                let status = se.raw().status().as_u16();
-                let said = match (se.err().code(), se.err().message()) {
-                    (Some(c), Some(m)) => format!("{c}: {m}"),
-                    (Some(c), None) => c.to_owned(),
-                    (None, Some(m)) => m.to_owned(),
-                    (None, None) => "no reason given".to_owned(),
-                };
-                QueueError::Other {
-                    message: format!(
-                        "cannot learn the AWS account id (STS GetCallerIdentity on {shown} answered HTTP {status}, {said}); {hint}"
-                    ),
-                    retryable: status >= 500,
-                }
-            }
-            _ => QueueError::Other {
-                message: format!(
-                    "cannot learn the AWS account id (STS GetCallerIdentity on {shown}: {}); {hint}",
-                    DisplayErrorContext(&e)
-                ),
-                retryable: false,
-            },
-        }
+        other => QueueError::Other {
+            retryable: other.is_retryable(),
+            message: format!("cannot learn the AWS account id ({other}); {hint}"),
+        },
     })?;
-    let account = out.account().unwrap_or_default().to_owned();
-    check_account(&account).map_err(|why| QueueError::Other {
-        message: format!("STS GetCallerIdentity on {shown} returned no usable account ({why}); {hint}"),
+    check_account(&id.account).map_err(|why| QueueError::Other {
+        message: format!("STS GetCallerIdentity returned no usable account ({why}); {hint}"),
         retryable: false,
     })?;
-    Ok(account)
+    Ok(id.account)
 }
 
 /// Attributes of a queue [`SqsClient::create_queue`] makes; `None` keeps SQS's default.
@@ -898,6 +879,8 @@ const TRANSIENT_CODES: &[&str] = &[
 
 const NOT_FOUND_CODES: &[&str] = &["QueueDoesNotExist", "AWS.SimpleQueueService.NonExistentQueue", "NonExistentQueue"];
 
+const EXISTS_CODES: &[&str] = &["QueueNameExists", "QueueAlreadyExists", "AWS.SimpleQueueService.QueueNameExists"];
+
 const ACCESS_CODES: &[&str] = &[
     "AccessDenied",
     "AccessDeniedException",
@@ -961,6 +944,9 @@ fn classify_service_error(
     };
     if NOT_FOUND_CODES.contains(&code) {
         return QueueError::NotFound { queue: queue.to_owned() };
+    }
+    if EXISTS_CODES.contains(&code) {
+        return QueueError::AlreadyExists { queue: queue.to_owned() };
     }
     if status == 403 || ACCESS_CODES.contains(&code) {
         return QueueError::AccessDenied { queue: queue.to_owned(), detail: format!("{doing} {queue}: {said}") };
@@ -1099,6 +1085,8 @@ mod tests {
         assert!(matches!(c(400, "AWS.SimpleQueueService.NonExistentQueue"), QueueError::NotFound { .. }));
         assert!(matches!(c(400, "QueueDoesNotExist"), QueueError::NotFound { .. }));
         assert!(matches!(c(403, "AccessDenied"), QueueError::AccessDenied { .. }));
+        assert!(matches!(c(400, "QueueAlreadyExists"), QueueError::AlreadyExists { .. }));
+        assert!(matches!(c(400, "QueueNameExists"), QueueError::AlreadyExists { .. }));
         assert!(matches!(c(400, "KmsAccessDenied"), QueueError::AccessDenied { .. }));
         for (status, code) in
             [(400, "RequestThrottled"), (400, "ThrottlingException"), (500, "InternalError"), (503, ""), (429, "")]

@@ -38,7 +38,7 @@ pub async fn seed_image(
         pushed_by: Some("tester".into()),
         source: None,
         format: Some("docker-archive".into()),
-        archived_previous: None,
+        ..Default::default()
     };
     store
         .put_bytes(&layout::image_archive(&image.app, &image.tag), Bytes::copy_from_slice(archive), Precondition::None)

@@ -136,6 +136,14 @@ async fn pump(
             buf.reserve(256 * 1024);
             match body.read_buf(&mut buf).await {
                 Ok(0) => break 'outer,
+                Ok(n) if offset + n as u64 > meta.size => {
+                    // Never read past what the metadata promises: an object larger than that is
+                    // not the archive it describes, however it ends.
+                    return Err(io_err(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{key} is larger than the {} bytes its metadata records; re-push the image", meta.size),
+                    ));
+                }
                 Ok(n) => {
                     let chunk = buf.split().freeze();
                     md5.update(&chunk);
@@ -294,9 +302,20 @@ mod tests {
         assert!(err.to_string().contains("md5"), "{err}");
 
         store.corrupt(&key, body[..body.len() - 10].to_vec());
-        let err =
-            read_to_vec(verified_download(store.clone(), key, meta, None, Progress::default())).await.unwrap_err();
+        let err = read_to_vec(verified_download(store.clone(), key.clone(), meta.clone(), None, Progress::default()))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("size"), "{err}");
+
+        // Larger than promised: refused as soon as the promise is exceeded, not at the end.
+        let mut huge = body.clone();
+        huge.extend(std::iter::repeat_n(7u8, 20_000_000));
+        store.corrupt(&key, huge);
+        let p = Progress::default();
+        let err = read_to_vec(verified_download(store.clone(), key, meta, None, p.clone())).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("larger than"), "{err}");
+        assert!(p.bytes() <= body.len() as u64, "read {} bytes of a {}-byte promise", p.bytes(), body.len());
     }
 
     #[tokio::test]

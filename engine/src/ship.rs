@@ -65,6 +65,8 @@ pub struct PushRequest {
     pub image: ImageRef,
     pub git: Option<GitOverride>,
     pub gzip: GzipOptions,
+    /// Replace different content under a tag that something references (audited).
+    pub force: bool,
 }
 
 #[derive(Debug)]
@@ -133,7 +135,7 @@ pub async fn push(
         });
     }
     progress.set_total(info.size);
-    let existing = match registry.plan_push(image, &info.id).await? {
+    let plan = match registry.plan_push(image, &info.id, req.force).await? {
         PushPlan::Skip { record, reason } => {
             return Ok(PushReport {
                 image: image.clone(),
@@ -144,7 +146,7 @@ pub async fn push(
                 seconds: started.elapsed().as_secs_f64(),
             });
         }
-        PushPlan::Upload { existing } => existing,
+        PushPlan::Upload(plan) => plan,
     };
     let format = save_format(engine).await?;
     let saved = engine.save_image(&reference).await?;
@@ -157,8 +159,9 @@ pub async fn push(
         platform: Some(info.platform()),
         source,
         format: Some(format.as_str().to_owned()),
+        tar_bytes: Some(progress.clone()),
     };
-    let mut outcome = registry.push_archive(image, &facts, compressed, existing).await?;
+    let mut outcome = registry.push_archive(image, &facts, compressed, plan).await?;
     outcome.image = image.clone();
     Ok(PushReport {
         image: image.clone(),
@@ -240,9 +243,15 @@ pub async fn pull(
 ) -> Result<PullReport, ShipError> {
     let started = Instant::now();
     let resolved = match &req.target {
-        PullTarget::Env(env) => registry.resolve(&req.app, env).await?,
-        PullTarget::Version(v) => registry.resolve_version(&req.app, v).await?,
+        PullTarget::Env(env) => registry.resolve(&req.app, env).await,
+        PullTarget::Version(v) => registry.resolve_version(&req.app, v).await,
     };
+    let resolved = resolved.map_err(|e| match e.kind() {
+        s3dock_core::ErrorKind::Integrity => {
+            ShipError::Integrity { message: format!("{e}; nothing was loaded into Docker") }
+        }
+        _ => ShipError::Registry(e),
+    })?;
     let record = resolved.record.clone();
     progress.set_total(record.metadata.size);
     let image = record.image.clone();
@@ -270,17 +279,29 @@ pub async fn pull(
             registry.store().clone(),
             record.archive_key.clone(),
             record.metadata.clone(),
-            None,
+            // Exactly the object the metadata committed: a re-push landing meanwhile is "replaced
+            // while downloading", not a corrupt archive.
+            record.metadata.archive_etag.as_ref().map(|e| s3dock_core::store::ETag(e.clone())),
             progress.clone(),
         );
+        // Never decompress more than the push recorded (or, for older metadata, more than gzip's
+        // best ratio allows), so a lying archive cannot fill the disk through `docker load`.
+        let limit = record.metadata.tar_size.unwrap_or_else(|| record.metadata.size.saturating_mul(1100));
         // Tap after gunzip: it sees the download's verdict (a digest mismatch, the object
         // deleted or replaced mid-way) and gunzip's own (a bad CRC, a truncated member).
         let first_error: Arc<Mutex<Option<(std::io::ErrorKind, String)>>> = Arc::default();
-        let tar = Box::pin(ErrorTap { inner: gzip::decompress(download), first: first_error.clone() });
+        // The archive may only name the image pulled: other names in it would silently move
+        // other images' tags on this host.
+        let tar = Box::pin(ErrorTap {
+            inner: crate::load_tags::only_tag(gzip::decompress_limited(download, limit), &image),
+            first: first_error.clone(),
+        });
         if let Err(e) = engine.load_image(tar).await {
             let cause = first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
             return Err(match cause {
-                Some((std::io::ErrorKind::InvalidData, cause)) => {
+                // The download verified its bytes before gunzip saw their end, so an archive
+                // cut inside a gzip member is what the bucket holds: corrupt, not unavailable.
+                Some((std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof, cause)) => {
                     ShipError::Integrity { message: format!("{cause}; nothing was loaded into Docker") }
                 }
                 Some((std::io::ErrorKind::NotFound, cause)) => ShipError::Registry(s3dock_core::Error::NotFound {
@@ -311,6 +332,12 @@ pub async fn pull(
             _ => {}
         }
     }
+    // Tag what is now here (loaded or found), even when it was already: a `docker load` sets no
+    // tag time, and the tag time is what tells garbage collection (of another environment of
+    // the same app, deploying on this host) that this image was pulled moments ago.
+    if let Some(here) = engine.inspect_image(&reference).await? {
+        engine.tag_image(&here.id, image.app.as_str(), &image.tag.to_string()).await?;
+    }
     let removed = match req.keep {
         Some(keep) => remove_old_images(engine, &image, keep).await?,
         None => vec![],
@@ -327,8 +354,13 @@ pub async fn pull(
     })
 }
 
-/// Removes local images of `current.app` beyond the `keep` newest s3dock tags, never `current`
-/// and never an image a container (running or not) uses. Returns the references removed.
+/// How long after its last pull (its tag time) an image is spared by [`remove_old_images`].
+pub const PULL_GRACE: chrono::Duration = chrono::Duration::hours(1);
+
+/// Removes local images of `current.app` beyond the `keep` newest s3dock tags, never `current`,
+/// never an image a container (running or not) uses, and never one pulled (tagged) less than
+/// [`PULL_GRACE`] before `current` was: another environment of the same app on this host may
+/// have just pulled it, and be about to deploy it. Returns the references removed.
 pub async fn remove_old_images(
     engine: &dyn DockerEngine,
     current: &ImageRef,
@@ -349,6 +381,11 @@ pub async fn remove_old_images(
     let in_use: std::collections::BTreeSet<String> =
         engine.list_containers(&ContainerFilter::default()).await?.into_iter().map(|c| c.image_id).collect();
     let current_ref = current.to_string();
+    // `current` was pulled (tagged) just now; the clock is the engine's own. Another reference
+    // to `current`'s own content removes no image, so only other content is spared.
+    let current_info = engine.inspect_image(&current_ref).await?;
+    let current_id = current_info.as_ref().map(|i| i.id.clone());
+    let recent_since = current_info.and_then(|i| i.last_tagged).map(|t| t - PULL_GRACE);
     let mut removed = Vec::new();
     let mut kept = 0usize;
     for (_, reference, id) in tagged {
@@ -361,6 +398,13 @@ pub async fn remove_old_images(
         }
         if in_use.contains(&id) {
             tracing::info!(image = %reference, "kept: a container uses it");
+            continue;
+        }
+        if let Some(since) = recent_since
+            && current_id.as_ref() != Some(&id)
+            && engine.inspect_image(&reference).await?.and_then(|i| i.last_tagged).is_some_and(|t| t >= since)
+        {
+            tracing::info!(image = %reference, "kept: pulled moments ago (for another environment?)");
             continue;
         }
         match engine.remove_image(&reference, false).await {

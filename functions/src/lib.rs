@@ -132,6 +132,7 @@ impl RecordResult {
             RecordResult::Handled(Outcome::Duplicate { .. }) => "duplicate",
             RecordResult::Handled(Outcome::Ignored { .. }) => "ignored",
             RecordResult::Handled(Outcome::Rejected { .. }) => "rejected",
+            RecordResult::Handled(Outcome::Superseded { .. }) => "superseded",
             RecordResult::Skipped(_) => "skipped",
             RecordResult::Unusable(_) => "unusable",
             RecordResult::Failed(_) => "failed",
@@ -145,9 +146,14 @@ impl RecordResult {
             }
             RecordResult::Handled(Outcome::Duplicate { audit_key }) => json!({"auditKey": audit_key.as_str()}),
             RecordResult::Handled(Outcome::Ignored { reason }) => json!({"reason": reason}),
-            RecordResult::Handled(Outcome::Rejected { reason, archived_to, audit_key }) => json!({
+            RecordResult::Handled(Outcome::Rejected { reason, archived_to, audit_key, deleted }) => json!({
                 "reason": reason,
                 "archivedTo": archived_to.iter().map(ObjectKey::as_str).collect::<Vec<_>>(),
+                "auditKey": audit_key.as_ref().map(ObjectKey::as_str),
+                "deleted": deleted,
+            }),
+            RecordResult::Handled(Outcome::Superseded { reason, audit_key }) => json!({
+                "reason": reason,
                 "auditKey": audit_key.as_ref().map(ObjectKey::as_str),
             }),
             RecordResult::Skipped(why) | RecordResult::Unusable(why) => json!({"reason": why}),
@@ -375,6 +381,7 @@ impl Function {
             size: rec.size,
             principal: rec.principal.clone(),
             event_time: rec.event_time,
+            written: None,
         };
         let handlers = match self.handlers(&bucket, inv).await {
             Ok(h) => h,
@@ -385,7 +392,7 @@ impl Function {
                 handlers.verify_upload(app, &key, &ev, Verification::Download).await
             }
             BucketKey::Tag { app, version } => handlers.record_tag(app, version, &key, &ev).await,
-            BucketKey::Pointer { app, env } => handlers.fan_out_promotion(app, env, &key, &ev, None).await,
+            BucketKey::Pointer { app, env } => handlers.fan_out_promotion(app, env, &key, &ev).await,
             // `owns` admitted only the three kinds above.
             other => return RecordResult::Skipped(format!("{key} ({other:?}) is not for {}", self.kind.name())),
         };

@@ -289,6 +289,12 @@ four at a time. On a pull both sides are limited by `docker load` and the emulat
 the digests (MD5 about 500 MB/s, SHA-256 about 1.4 GB/s per core) and withholds the end of the
 archive from `docker load` until they match.
 """
+    # Sections written by other benchmarks (tests/bench/fanout.sh) are kept as they are.
+    if REPORT.exists():
+        previous = REPORT.read_text()
+        at = previous.find("\n## ")
+        if at >= 0:
+            text += previous[at:]
     REPORT.write_text(text)
     log(f"wrote {REPORT}")
 

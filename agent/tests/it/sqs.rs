@@ -25,13 +25,13 @@ async fn a_promotion_reaches_the_agent_through_its_queue_and_the_switch_drops_no
         .await;
     let url = reg.queue_url.clone().unwrap();
     w.forget_queue_later(&url);
-    assert!(url.ends_with("/s3dock-agent-web-1"), "{url}");
+    assert!(url.ends_with("/s3dock_agent-web-1"), "{url}");
     assert_eq!(reg.host, "web-1.test");
 
     // The queue was created with its dead-letter queue and a redrive policy.
     let attrs = w.queue_of("web-1").await.attributes().await.unwrap();
     let redrive: serde_json::Value = serde_json::from_str(&attrs["RedrivePolicy"]).unwrap();
-    assert!(redrive["deadLetterTargetArn"].as_str().unwrap().ends_with(":s3dock-agent-web-1-dlq"), "{redrive}");
+    assert!(redrive["deadLetterTargetArn"].as_str().unwrap().ends_with(":s3dock_agent-web-1-dlq"), "{redrive}");
     assert_eq!(redrive["maxReceiveCount"].to_string().trim_matches('"'), "3");
     assert_eq!(attrs["VisibilityTimeout"], "30");
 
@@ -131,4 +131,43 @@ async fn a_promotion_reaches_the_agent_through_its_queue_and_the_switch_drops_no
     assert_eq!(state.status.as_deref(), Some("stopped"));
     assert_eq!(state.image.as_deref(), Some(v2.to_string().as_str()), "stopping leaves the service running");
     w.assert_one_container(&v2).await;
+}
+
+/// The agent creates its queue and DLQ with their attributes in one CreateQueue each (the
+/// stack's agent policy lets it create its queues, not change them); the same settings again
+/// find the same queues, and a changed setting reaches the existing queue where the agent may
+/// set attributes (LocalStack enforces no IAM; under the stack's policy it warns instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_creates_its_queues_with_their_attributes_and_updates_changed_ones() {
+    use s3dock_agent::config::{QueueConfig, QueueMode};
+    use s3dock_agent::queue::{dlq_name, open, queue_name};
+    let w = world_or_skip!(false);
+    let id = s3dock_core::names::AgentId::parse(&unique("q")).unwrap();
+    let mut cfg = QueueConfig {
+        mode: QueueMode::Create,
+        visibility_timeout: Duration::from_secs(30),
+        max_receive_count: 3,
+        wait: Duration::from_secs(2),
+        name_prefix: "stack-1_agent-".into(),
+    };
+    let q = open(&w.sqs, &id, &cfg).await.unwrap().expect("a queue");
+    let name = queue_name("stack-1_agent-", &id);
+    let dlq = w.sqs.queue_named(&dlq_name(&name)).await.unwrap();
+    w.forget_queue_later(q.url());
+    w.forget_queue_later(dlq.url());
+    assert!(q.url().ends_with(&format!("/{name}")), "{}", q.url());
+    let attrs = q.attributes().await.unwrap();
+    assert_eq!(attrs["VisibilityTimeout"], "30");
+    assert_eq!(attrs["ReceiveMessageWaitTimeSeconds"], "2");
+    let redrive: serde_json::Value = serde_json::from_str(&attrs["RedrivePolicy"]).unwrap();
+    assert!(redrive["deadLetterTargetArn"].as_str().unwrap().ends_with(&format!(":{name}-dlq")), "{redrive}");
+    assert_eq!(dlq.attributes().await.unwrap()["MessageRetentionPeriod"], "1209600");
+
+    let again = open(&w.sqs, &id, &cfg).await.unwrap().unwrap();
+    assert_eq!(again.url(), q.url(), "the same settings find the same queue");
+
+    cfg.visibility_timeout = Duration::from_secs(60);
+    let changed = open(&w.sqs, &id, &cfg).await.unwrap().unwrap();
+    assert_eq!(changed.url(), q.url());
+    assert_eq!(q.attributes().await.unwrap()["VisibilityTimeout"], "60", "the changed setting was applied");
 }

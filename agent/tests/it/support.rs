@@ -194,6 +194,7 @@ impl World {
             image: image.clone(),
             git: Some(GitOverride { commit, committed_at: image.tag.time(), source: None }),
             gzip: GzipOptions { level: 1, ..GzipOptions::default() },
+            force: false,
         };
         ship::push(&self.engine, &self.registry, &req, &Progress::default(), &CancellationToken::new())
             .await
@@ -366,7 +367,10 @@ impl World {
 
     /// The agent's queue, by the name the agent gives it.
     pub async fn queue_of(&self, agent: &str) -> SqsQueue {
-        let name = s3dock_agent::queue::queue_name(&AgentId::parse(agent).unwrap());
+        let name = s3dock_agent::queue::queue_name(
+            s3dock_agent::config::DEFAULT_QUEUE_PREFIX,
+            &AgentId::parse(agent).unwrap(),
+        );
         self.sqs.queue_named(&name).await.unwrap()
     }
 }

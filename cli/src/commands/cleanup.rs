@@ -11,18 +11,25 @@ use crate::output::{Output, Table, bytes};
 const LONG_ABOUT: &str = "\
 Delete old images that nothing references. A dry run unless --yes.
 
-For each app (or only APP) keeps the newest N images (--keep, default 5) plus every image a
-version, an environment (current or rollback target) or a running agent references; the rest
-is deleted, metadata first. Pushes that never completed (an archive without metadata) are
-removed once older than a day. Nothing under archive/ or audit/ is ever touched. References
-are read again right before deleting, so an image tagged or promoted meanwhile is spared.
-A tag or pointer that cannot be read stops the cleanup of its app (exit 4): it is unknown
-what it protects.
+For each app (or only APP) keeps the newest N images (--keep, default 5), every image pushed
+less than --grace ago (default 24h: a fresh push of an old commit is not old), and every
+image a version, an environment (current or rollback target) or a running agent references;
+the rest is deleted, metadata first. Archives no metadata names (a push that never committed,
+or the one a re-push replaced and archived) are removed once older than a day. Nothing under
+archive/ or audit/ is ever touched.
+
+Deletion cannot race a promotion: each image is claimed first, references are read again under
+the claim, and a tag or promotion in progress either is seen (the image is spared) or refuses
+and asks to be run again. Every deletion is audited (one cleanup record per image, written
+before it is deleted), also with events = lambda and after a failure part-way. A tag or
+pointer that cannot be read stops the cleanup of its app (exit 4): it is unknown what it
+protects.
 
 Examples:
   s3dock cleanup                       # what would go, for every app
   s3dock cleanup myapp --keep 10
-  s3dock cleanup myapp --keep 10 --yes";
+  s3dock cleanup myapp --keep 10 --yes
+  s3dock cleanup myapp --keep 3 --grace 7d --yes";
 
 /// Delete old unreferenced images (dry run unless --yes)
 #[derive(Debug, Clone, Args)]
@@ -33,6 +40,9 @@ pub struct CleanupArgs {
     /// How many of the newest images of each app to keep, referenced or not
     #[arg(long, value_name = "N", default_value_t = 5, allow_negative_numbers = true)]
     pub keep: usize,
+    /// Never delete an image pushed less than this long ago (e.g. 24h, 7d, 0s)
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = s3dock_core::duration::parse)]
+    pub grace: std::time::Duration,
     /// Really delete; without it nothing is changed
     #[arg(long)]
     pub yes: bool,
@@ -42,7 +52,8 @@ pub async fn run(ctx: &Context, args: &CleanupArgs) -> Result<Output, CliError> 
     let settings = ctx.settings()?;
     let registry = ctx.open_registry(&settings).await?;
     let dry_run = !args.yes;
-    let report = registry.cleanup(args.app.as_ref(), args.keep, dry_run).await?;
+    let grace = chrono::Duration::from_std(args.grace).unwrap_or(chrono::Duration::MAX);
+    let report = registry.cleanup(args.app.as_ref(), args.keep, grace, dry_run).await?;
 
     let mut table = Table::new(&["APP", "IMAGE", "ACTION", "SIZE", "WHY"]);
     let (mut count, mut freed) = (0usize, 0u64);
@@ -90,6 +101,7 @@ pub async fn run(ctx: &Context, args: &CleanupArgs) -> Result<Output, CliError> 
     let doc = json!({
         "dry_run": report.dry_run,
         "keep": report.keep,
+        "grace_seconds": report.grace_seconds,
         "deleted_count": count,
         "freed_bytes": freed,
         "apps": report.apps,

@@ -7,6 +7,7 @@ use clap::Args;
 use s3dock_core::clock::SystemClock;
 use s3dock_core::names::{AppName, EnvName};
 use s3dock_core::transfer::Progress;
+use s3dock_engine::agent_config::HostFile;
 use s3dock_engine::deploy::{DeployReport, DeployRequest, DeployResult, DeploySpec, Deployer, traffic_switch};
 use s3dock_engine::ship::{self, PullRequest, PullTarget};
 use s3dock_engine::{BollardEngine, DockerEngine};
@@ -19,7 +20,7 @@ use crate::progress::Bar;
 
 /// Where the agent keeps its state files by default (`state_dir` in its configuration): the
 /// same directory, so the two share the service lock and never interleave.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/s3dock";
+pub use s3dock_engine::agent_config::DEFAULT_STATE_DIR;
 
 const LONG_ABOUT: &str = "\
 Deploy what an environment points to on this host, blue-green, as the host agent would.
@@ -96,29 +97,21 @@ pub fn service_file(path: &Path, app: &AppName, env: &EnvName) -> Result<Service
         }
         return Ok(ServiceFile { spec, state_dir: None, host: None });
     };
-    let Some(entries) = services.as_array() else {
+    if !services.is_array() {
         return Err(CliError::usage(format!("--service {shown}: `service` must be [[service]] tables")));
-    };
-    let mut served = Vec::new();
-    for entry in entries {
-        let (a, e) = (entry.get("app").and_then(|v| v.as_str()), entry.get("env").and_then(|v| v.as_str()));
-        if a == Some(app.as_str()) && e == Some(env.as_str()) {
-            let spec: DeploySpec = entry.clone().try_into().map_err(|err: toml::de::Error| {
-                CliError::usage(format!("--service {shown}: [[service]] {app}/{env}: {}", one_line(err.message())))
-            })?;
-            spec.validate()
-                .map_err(|err| CliError::usage(format!("--service {shown}: [[service]] {app}/{env}: {err}")))?;
-            let base = path.parent().unwrap_or(Path::new("."));
-            let state_dir = table.get("state_dir").and_then(|v| v.as_str()).map(|d| base.join(d));
-            let host = table.get("host").and_then(|v| v.as_str()).map(str::to_owned);
-            return Ok(ServiceFile { spec, state_dir, host });
-        }
-        served.push(format!("{}/{}", a.unwrap_or("?"), e.unwrap_or("?")));
     }
-    let served = if served.is_empty() { "none".to_owned() } else { served.join(", ") };
-    Err(CliError::usage(format!(
-        "--service {shown} has no [[service]] for {app}/{env} (it serves: {served}); add one or give another file"
-    )))
+    // The agent's own file, read by the agent's own reader: the same state directory (and so
+    // the same service lock) as the agent.
+    let host_file = HostFile::parse(&text, path).map_err(|e| CliError::usage(format!("--service {e}")))?;
+    let Some(spec) = host_file.service(app, env) else {
+        let served: Vec<String> = host_file.services.iter().map(|s| format!("{}/{}", s.app, s.env)).collect();
+        let served = if served.is_empty() { "none".to_owned() } else { served.join(", ") };
+        return Err(CliError::usage(format!(
+            "--service {shown} has no [[service]] for {app}/{env} (it serves: {served}); add one or give another file"
+        )));
+    };
+    spec.validate().map_err(|err| CliError::usage(format!("--service {shown}: [[service]] {app}/{env}: {err}")))?;
+    Ok(ServiceFile { spec: spec.clone(), state_dir: Some(host_file.state_dir.clone()), host: host_file.host.clone() })
 }
 
 fn one_line(s: &str) -> String {
@@ -157,6 +150,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs) -> Result<Output, CliError> {
         image: pulled.image.clone(),
         pointer_seq: seq,
         pull_time: Some(std::time::Duration::from_secs_f64(pulled.seconds)),
+        still_wanted: None,
     };
     ctx.info(&format!("deploying {} to {} (blue-green) on {host}", pulled.image, args.env));
     // Ctrl-C and SIGTERM stop the deploy at its next safe point (see `s3dock deploy --help`).
@@ -188,7 +182,7 @@ pub async fn run(ctx: &Context, args: &DeployArgs) -> Result<Output, CliError> {
             let color = report.color.map(|c| c.to_string()).unwrap_or_default();
             format!("{} already runs {image} on {color} and it is healthy; nothing to do\n", args.env)
         }
-        DeployResult::Failed | DeployResult::RolledBack => {
+        DeployResult::Failed | DeployResult::RolledBack | DeployResult::Superseded => {
             let what = if report.result == DeployResult::RolledBack { "rolled back" } else { "failed" };
             let audit = match &report.audit {
                 Some(Ok(key)) => format!(" (audit: {key})"),
@@ -205,7 +199,8 @@ pub async fn run(ctx: &Context, args: &DeployArgs) -> Result<Output, CliError> {
             return Err(CliError::conflict(format!("deploy of {image} to {} {what}: {reason}{audit}", args.env)));
         }
     };
-    let mut out = Output::new(doc, text).warn_all(audit_warning);
+    // Valid but risky settings are said, not silently accepted (drain = "0s" with nginx...).
+    let mut out = Output::new(doc, text).warn_all(spec.warnings()).warn_all(audit_warning);
     if let Some(r) = &report.recovered {
         out = out.note(format!("an interrupted deploy was settled first: {}", r.action));
     }

@@ -4,15 +4,20 @@
 
 pub mod build;
 pub mod cleanup;
+pub mod completions;
 pub mod config;
 pub mod current;
 pub mod deploy;
+pub mod doctor;
 pub mod history;
 pub mod list;
+pub mod man;
 pub mod promote;
 pub mod pull;
 pub mod push;
+pub mod report;
 pub mod rollback;
+pub mod stats;
 pub mod status;
 pub mod tag;
 
@@ -40,6 +45,11 @@ pub async fn run(command: &Command, ctx: &Context) -> Result<Output, CliError> {
         Command::Config(args) => config::run(ctx, args).await,
         Command::Deploy(args) => deploy::run(ctx, args).await,
         Command::Status(args) => status::run(ctx, args).await,
+        Command::Doctor(args) => doctor::run(ctx, args).await,
+        Command::Stats(args) => stats::run(ctx, args).await,
+        Command::Report(args) => report::run(ctx, args).await,
+        Command::Completions(args) => completions::run(ctx, args).await,
+        Command::Man(args) => man::run(ctx, args).await,
     }
 }
 
@@ -53,10 +63,16 @@ pub(crate) fn event_json(event: &Option<Result<Outcome, EventError>>) -> Value {
         }
         Some(Ok(Outcome::Duplicate { audit_key })) => json!({"status": "duplicate", "audit_key": audit_key.as_str()}),
         Some(Ok(Outcome::Ignored { reason })) => json!({"status": "ignored", "reason": reason}),
-        Some(Ok(Outcome::Rejected { reason, archived_to, audit_key })) => json!({
+        Some(Ok(Outcome::Rejected { reason, archived_to, audit_key, deleted })) => json!({
             "status": "rejected",
             "reason": reason,
             "archived_to": archived_to.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            "audit_key": audit_key.as_ref().map(|k| k.as_str()),
+            "deleted": deleted,
+        }),
+        Some(Ok(Outcome::Superseded { reason, audit_key })) => json!({
+            "status": "superseded",
+            "reason": reason,
             "audit_key": audit_key.as_ref().map(|k| k.as_str()),
         }),
         Some(Err(e)) => json!({"status": "failed", "error": e.message, "retryable": e.retryable}),
@@ -70,10 +86,11 @@ pub(crate) fn event_warning(event: &Option<Result<Outcome, EventError>>, what: &
         Some(Err(e)) => Some(format!(
             "{what} succeeded, but writing its audit record failed: {e}; the change stands, only the history lacks it"
         )),
-        Some(Ok(Outcome::Rejected { reason, archived_to, .. })) => {
+        Some(Ok(Outcome::Rejected { reason, archived_to, deleted, .. })) => {
             let moved = archived_to.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+            let fate = if *deleted { "deleted" } else { "kept in place (something references it)" };
             Some(format!(
-                "{what} was written, then rejected by the audit handler ({reason}) and moved to {moved}; check the image still exists and run the command again"
+                "{what} was written, then rejected by the audit handler ({reason}): copied to {moved} and {fate}; check the image and run the command again"
             ))
         }
         _ => None,

@@ -25,7 +25,12 @@ leaves no metadata and no visible archive.
 
 Skips without exporting when the bucket already holds this tag with the same Docker image id,
 and skips the replace when the archive turns out byte-identical (same MD5). The same tag with
-different content is archived under archive/ before it is replaced.
+different content (two CI runners on one commit, a build that is not reproducible) is
+uploaded beside the old one and swapped in by one conditional metadata write, after the old
+content was copied to archive/: a reader sees the old image or the new one, never a mix.
+When a tag file, a pointer or a running agent references the image, that replacement would
+change what they run, so it is refused unless --force (audited; agents compare image ids and
+redeploy).
 
 The git facts (commit, time, source) come from the image's labels, written by `s3dock build`.
 For an image built otherwise, give them with --git-commit and --git-time; the tag must then be
@@ -33,7 +38,8 @@ the one those facts imply.
 
 Examples:
   s3dock push myapp:20250721-2118-f7a5a27
-  s3dock push myapp:20250721-2118-f7a5a27 --git-commit f7a5a27e... --git-time 2025-07-21T21:18:00Z";
+  s3dock push myapp:20250721-2118-f7a5a27 --git-commit f7a5a27e... --git-time 2025-07-21T21:18:00Z
+  s3dock push myapp:20250721-2118-f7a5a27 --force   # replace content production runs";
 
 /// Upload an image to the bucket (streamed, deduplicated, verified)
 #[derive(Debug, Clone, Args)]
@@ -50,6 +56,10 @@ pub struct PushArgs {
     /// The source repository URL, for images not built by `s3dock build`
     #[arg(long, value_name = "URL", requires = "git_commit")]
     pub git_source: Option<String>,
+    /// Replace different content under this tag even though a tag, pointer or agent references
+    /// it (the replacement is archived and audited, and agents redeploy)
+    #[arg(long)]
+    pub force: bool,
     /// gzip level, 1 (fastest) to 9 (smallest)
     #[arg(long, value_name = "N", default_value_t = GzipOptions::default().level, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub level: u32,
@@ -70,6 +80,26 @@ fn parse_commit(s: &str) -> Result<String, CliError> {
     }
 }
 
+/// What a push reports when Ctrl-C may have come: what happened decides, not when the signal
+/// arrived. A push that returned its report committed its metadata, even if the signal came
+/// during its last steps (then the warning says so); one that failed after the signal committed
+/// nothing (the upload was aborted, no metadata was written).
+fn settle<T>(
+    result: Result<T, ship::ShipError>,
+    cancelled: bool,
+    image: &ImageRef,
+) -> Result<(T, Option<String>), CliError> {
+    match result {
+        Err(_) if cancelled => Err(CliError::interrupted(format!(
+            "push of {image} interrupted; nothing was committed (no metadata was written, the upload was aborted)"
+        ))),
+        Err(e) => Err(e.into()),
+        Ok(report) => {
+            Ok((report, cancelled.then(|| format!("interrupted after {image} was committed: the push is complete"))))
+        }
+    }
+}
+
 pub async fn run(ctx: &Context, args: &PushArgs) -> Result<Output, CliError> {
     let git = match (&args.git_commit, &args.git_time) {
         (Some(c), Some(t)) => {
@@ -84,6 +114,7 @@ pub async fn run(ctx: &Context, args: &PushArgs) -> Result<Output, CliError> {
         image: args.image.clone(),
         git,
         gzip: GzipOptions { level: args.level, ..GzipOptions::default() },
+        force: args.force,
     };
     let progress = Progress::default();
     let bar = Bar::start(ctx, "push", progress.clone());
@@ -92,13 +123,7 @@ pub async fn run(ctx: &Context, args: &PushArgs) -> Result<Output, CliError> {
     let token = ctx.interrupt_token();
     let report = ship::push(&engine, &registry, &req, &progress, &token).await;
     bar.finish();
-    if token.is_cancelled() {
-        return Err(CliError::interrupted(format!(
-            "push of {} interrupted; nothing was committed (no metadata was written, the upload was aborted)",
-            args.image
-        )));
-    }
-    let report = report?;
+    let (report, late_interrupt) = settle(report, token.is_cancelled(), &args.image)?;
     let o = &report.outcome;
     let store_url = registry.store().url();
     let text = match &o.skipped {
@@ -119,6 +144,12 @@ pub async fn run(ctx: &Context, args: &PushArgs) -> Result<Output, CliError> {
             for a in &o.archived {
                 t.push_str(&format!("archived the previous content to {a}\n"));
             }
+            if !o.forced_over.is_empty() {
+                t.push_str(&format!(
+                    "replaced content referenced by {} (--force); agents redeploy it\n",
+                    o.forced_over.join(", ")
+                ));
+            }
             t
         }
     };
@@ -134,8 +165,33 @@ pub async fn run(ctx: &Context, args: &PushArgs) -> Result<Output, CliError> {
         "size": o.digests.as_ref().map(|d| d.size),
         "tar_bytes": report.tar_bytes,
         "archived": o.archived.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+        "forced_over": o.forced_over,
         "seconds": report.seconds,
         "event": event_json(&o.event),
     });
-    Ok(Output::new(doc, text).warn_all(event_warning(&o.event, &format!("pushing {}", args.image))))
+    Ok(Output::new(doc, text)
+        .warn_all(event_warning(&o.event, &format!("pushing {}", args.image)))
+        .warn_all(late_interrupt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: Ctrl-C during the commit phase printed "nothing was committed" although the
+    /// push had committed.
+    #[test]
+    fn an_interrupt_is_reported_by_what_happened() {
+        let image = ImageRef::parse("myapp:20250721-2118-f7a5a27").unwrap();
+        let (report, warning) = settle(Ok("committed"), true, &image).unwrap();
+        assert_eq!(report, "committed");
+        assert!(warning.unwrap().contains("the push is complete"));
+        assert_eq!(settle(Ok(1), false, &image).unwrap(), (1, None));
+        let failed = || Err::<(), _>(ship::ShipError::Refused { message: "stream failed".into() });
+        let e = settle(failed(), true, &image).unwrap_err();
+        assert_eq!(e.exit_code(), 130, "{e:?}");
+        assert!(e.to_string().contains("nothing was committed"), "{e}");
+        let e = settle(failed(), false, &image).unwrap_err();
+        assert_eq!(e.exit_code(), 4, "{e:?}");
+    }
 }

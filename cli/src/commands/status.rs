@@ -1,12 +1,9 @@
 //! `s3dock status APP [ENV]`
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Args;
-use s3dock_core::ErrorKind;
-use s3dock_core::docs::AgentRegistration;
-use s3dock_core::layout;
+use s3dock_core::insight::fleet::{self, AgentRow, Fleet, PointerState};
 use s3dock_core::names::{AppName, EnvName};
 use s3dock_engine::deploy::spec::parse_duration;
 use serde_json::{Value, json};
@@ -20,9 +17,10 @@ Show the fleet: what every host agent of an app (and environment) runs, from age
 
 One row per registered agent: the environment, agent id and host, the image and color serving
 traffic there, its health, the agent's status, the last deploy (result and time), the age of its
-heartbeat (STALE when older than --ttl), and whether it runs the image the environment's pointer
-resolves to now (converged) or not (behind). Registrations that cannot be read are listed as
-errors, never hidden.
+heartbeat (STALE when older than --ttl), whether it runs the image the environment's pointer
+resolves to now (converged) or not (behind), and the agent's last message. Images are compared
+by Docker image id where both sides know it: an agent running an older push of the same tag is
+behind. Registrations that cannot be read are listed as errors, never hidden.
 
 Examples:
   s3dock status myapp
@@ -42,63 +40,17 @@ pub struct StatusArgs {
     pub ttl: Duration,
 }
 
-fn parse_ttl(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d.is_zero() { Err("the TTL must be more than 0, e.g. 10m".into()) } else { Ok(d) }
-}
-
-/// What an environment's pointer resolves to now.
-#[derive(Debug, Clone)]
-enum Pointer {
-    Image { image: String, seq: u64 },
-    Missing,
-    Broken(String),
 }
 
 pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Output, CliError> {
     let settings = ctx.settings()?;
     let registry = ctx.open_registry(&settings).await?;
-    let now = registry.clock().now();
-    let found = registry.list_agents(&args.app, args.env.as_ref()).await?;
-
-    let mut agents: Vec<(String, AgentRegistration)> = Vec::new();
-    let mut errors: Vec<(String, String)> = Vec::new();
-    for (key, reg) in found {
-        match reg {
-            Ok(r) if r.app_name == args.app && args.env.as_ref().is_none_or(|e| *e == r.environment) => {
-                agents.push((key.to_string(), r))
-            }
-            Ok(r) => errors
-                .push((key.to_string(), format!("filed under {} but registers {}/{}", key, r.app_name, r.environment))),
-            Err(e) => errors.push((key.to_string(), e)),
-        }
-    }
-    agents.sort_by(|a, b| (&a.1.environment, &a.1.agent_id).cmp(&(&b.1.environment, &b.1.agent_id)));
-
-    let mut envs: Vec<EnvName> = agents.iter().map(|(_, r)| r.environment.clone()).collect();
-    envs.extend(args.env.clone());
-    envs.sort();
-    envs.dedup();
-    let mut pointers: BTreeMap<EnvName, Pointer> = BTreeMap::new();
-    for env in &envs {
-        let p = match registry.resolve(&args.app, env).await {
-            Ok(r) => {
-                Pointer::Image { image: r.record.image.to_string(), seq: r.pointer.as_ref().map_or(0, |p| p.seq()) }
-            }
-            Err(e) if e.is_retryable() || e.kind() == ErrorKind::Unavailable => return Err(e.into()),
-            // No pointer at all, or one that leads nowhere (reported, not fatal).
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                match registry.store().head(&layout::pointer(&args.app, env)).await? {
-                    None => Pointer::Missing,
-                    Some(_) => Pointer::Broken(e.to_string()),
-                }
-            }
-            Err(e) => Pointer::Broken(e.to_string()),
-        };
-        pointers.insert(env.clone(), p);
-    }
-
     let ttl = chrono::Duration::from_std(args.ttl).unwrap_or(chrono::Duration::MAX);
+    let fleet = fleet::load(&registry, &args.app, args.env.as_ref(), ttl).await?;
+
     let mut table = Table::new(&[
         "ENV",
         "AGENT",
@@ -110,21 +62,19 @@ pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Output, CliError> {
         "LAST DEPLOY",
         "HEARTBEAT",
         "POINTER",
+        "MESSAGE",
     ]);
     let mut rows = Vec::new();
-    for (key, r) in &agents {
-        let state = r.state.clone().unwrap_or_default();
-        let age = now - r.last_heartbeat;
-        let stale = age > ttl;
-        let pointer = pointers.get(&r.environment);
-        let converged = match pointer {
-            Some(Pointer::Image { image, .. }) => Some(state.image.as_deref() == Some(image.as_str())),
-            _ => None,
-        };
-        let pointer_cell = match (pointer, converged) {
-            (Some(Pointer::Image { .. }), Some(true)) => "converged".to_owned(),
-            (Some(Pointer::Image { image, .. }), _) => format!("behind ({image})"),
-            (Some(Pointer::Missing), _) => "no pointer".to_owned(),
+    for a in &fleet.agents {
+        let r = &a.registration;
+        let state = a.state();
+        let pointer_cell = match (fleet.pointers.get(&r.environment), a.converged) {
+            (Some(PointerState::Image { .. }), Some(true)) => "converged".to_owned(),
+            (Some(PointerState::Image { image, .. }), _) if state.image.as_deref() == Some(image.as_str()) => {
+                format!("behind ({image}, other content)")
+            }
+            (Some(PointerState::Image { image, .. }), _) => format!("behind ({image})"),
+            (Some(PointerState::Missing), _) => "no pointer".to_owned(),
             _ => "unknown".to_owned(),
         };
         let last = state.last_deploy.as_ref().map(|d| format!("{} {}", d.result, time(&d.at)));
@@ -137,38 +87,19 @@ pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Output, CliError> {
             or_dash(state.health.as_deref()),
             or_dash(state.status.as_deref()),
             or_dash(last),
-            format!("{} ago{}", show_age(age), if stale { " STALE" } else { "" }),
+            format!("{} ago{}", show_age(a.heartbeat_age), if a.stale { " STALE" } else { "" }),
             pointer_cell,
+            short(state.message.as_deref()),
         ]);
-        rows.push(json!({
-            "key": key,
-            "env": r.environment,
-            "agent_id": r.agent_id,
-            "host": r.host,
-            "queue_url": r.queue_url,
-            "version": r.version,
-            "image": state.image,
-            "color": state.color,
-            "health": state.health,
-            "since": state.since,
-            "status": state.status,
-            "message": state.message,
-            "desired": state.desired,
-            "pointer_seq": state.pointer_seq,
-            "last_deploy": state.last_deploy,
-            "last_heartbeat": r.last_heartbeat,
-            "heartbeat_age_seconds": age.num_seconds(),
-            "stale": stale,
-            "converged": converged,
-        }));
+        rows.push(agent_json(a));
     }
 
     let mut text = String::new();
-    for (env, p) in &pointers {
+    for (env, p) in &fleet.pointers {
         text.push_str(&match p {
-            Pointer::Image { image, seq } => format!("{env}: pointer -> {image} (seq {seq})\n"),
-            Pointer::Missing => format!("{env}: no pointer\n"),
-            Pointer::Broken(e) => format!("{env}: pointer unreadable: {e}\n"),
+            PointerState::Image { image, seq, .. } => format!("{env}: pointer -> {image} (seq {seq})\n"),
+            PointerState::Missing => format!("{env}: no pointer\n"),
+            PointerState::Broken(e) => format!("{env}: pointer unreadable: {e}\n"),
         });
     }
     if table.is_empty() {
@@ -180,25 +111,21 @@ pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Output, CliError> {
         }
         text.push_str(&table.render());
     }
-    for (key, e) in &errors {
+    for (key, e) in &fleet.errors {
         // Document errors already start with the key.
         let line = if e.starts_with(key.as_str()) { e.clone() } else { format!("{key}: {e}") };
         text.push_str(&format!("unreadable registration {line}\n"));
     }
-    let stale = rows.iter().filter(|r| r["stale"] == true).count();
+    let stale = fleet.stale().count();
 
     let doc = json!({
         "app": args.app,
         "env": args.env,
         "ttl_seconds": args.ttl.as_secs(),
-        "checked_at": now,
-        "environments": pointers.iter().map(|(env, p)| match p {
-            Pointer::Image { image, seq } => json!({"env": env, "pointer": {"image": image, "seq": seq}, "error": null}),
-            Pointer::Missing => json!({"env": env, "pointer": null, "error": null}),
-            Pointer::Broken(e) => json!({"env": env, "pointer": null, "error": e}),
-        }).collect::<Vec<Value>>(),
+        "checked_at": fleet.checked_at,
+        "environments": pointers_json(&fleet),
         "agents": rows,
-        "errors": errors.iter().map(|(k, e)| json!({"key": k, "error": e})).collect::<Vec<Value>>(),
+        "errors": fleet.errors.iter().map(|(k, e)| json!({"key": k, "error": e})).collect::<Vec<Value>>(),
     });
     let mut out = Output::new(doc, text);
     if stale > 0 {
@@ -210,8 +137,61 @@ pub async fn run(ctx: &Context, args: &StatusArgs) -> Result<Output, CliError> {
     Ok(out)
 }
 
+/// One agent as `status --json` (and `report`) show it.
+pub(crate) fn agent_json(a: &AgentRow) -> Value {
+    let r = &a.registration;
+    let state = a.state();
+    json!({
+        "key": a.key.as_str(),
+        "env": r.environment,
+        "agent_id": r.agent_id,
+        "host": r.host,
+        "queue_url": r.queue_url,
+        "version": r.version,
+        "image": state.image,
+        "image_id": state.image_id,
+        "color": state.color,
+        "health": state.health,
+        "since": state.since,
+        "status": state.status,
+        "message": state.message,
+        "desired": state.desired,
+        "pointer_seq": state.pointer_seq,
+        "last_deploy": state.last_deploy,
+        "last_heartbeat": r.last_heartbeat,
+        "heartbeat_age_seconds": a.heartbeat_age.num_seconds(),
+        "stale": a.stale,
+        "converged": a.converged,
+    })
+}
+
+/// The environments' pointers as `status --json` shows them.
+pub(crate) fn pointers_json(fleet: &Fleet) -> Vec<Value> {
+    fleet
+        .pointers
+        .iter()
+        .map(|(env, p)| match p {
+            PointerState::Image { image, seq, image_id } => {
+                json!({"env": env, "pointer": {"image": image, "seq": seq, "image_id": image_id}, "error": null})
+            }
+            PointerState::Missing => json!({"env": env, "pointer": null, "error": null}),
+            PointerState::Broken(e) => json!({"env": env, "pointer": null, "error": e}),
+        })
+        .collect()
+}
+
+/// The table's cut of a message (the JSON has it whole).
+fn short(message: Option<&str>) -> String {
+    const MAX: usize = 60;
+    match message {
+        None => "-".to_owned(),
+        Some(m) if m.chars().count() <= MAX => m.to_owned(),
+        Some(m) => format!("{}…", m.chars().take(MAX - 1).collect::<String>()),
+    }
+}
+
 /// `4s`, `3m12s`, `2h05m`, `3d4h`.
-fn show_age(d: chrono::Duration) -> String {
+pub(crate) fn show_age(d: chrono::Duration) -> String {
     let s = d.num_seconds().max(0);
     match s {
         0..60 => format!("{s}s"),
@@ -229,6 +209,12 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn long_messages_are_cut_in_the_table() {
+        assert_eq!(short(Some(&"x".repeat(100))).chars().count(), 60);
+        assert_eq!(short(None), "-");
     }
 
     #[test]

@@ -3,8 +3,15 @@
 
 mod bad_input;
 mod config;
+mod deploy_guide;
 mod docker;
+mod doctor;
+mod fake_s3;
 mod help;
+mod report;
 mod s3;
+mod shell;
+mod stats;
+mod status;
 mod story;
 mod support;

@@ -13,11 +13,11 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 
 use crate::support::*;
 
-const AWS_ENV: [(&str, &str); 3] =
+pub(crate) const AWS_ENV: [(&str, &str); 3] =
     [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")];
 
 /// A sandbox whose default profile reaches S3 through `endpoint`.
-fn s3_sandbox(endpoint: &str) -> Sandbox {
+pub(crate) fn s3_sandbox(endpoint: &str) -> Sandbox {
     let mut sb = Sandbox::new();
     sb.env = AWS_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     sb.write_config(&format!(
@@ -27,7 +27,7 @@ fn s3_sandbox(endpoint: &str) -> Sandbox {
 }
 
 /// An HTTP server that answers every request with one S3 error, until dropped.
-struct FakeS3 {
+pub(crate) struct FakeS3 {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
@@ -35,7 +35,7 @@ struct FakeS3 {
 }
 
 impl FakeS3 {
-    fn start(status: &'static str, code: &'static str, message: &'static str) -> Self {
+    pub(crate) fn start(status: &'static str, code: &'static str, message: &'static str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -55,7 +55,7 @@ impl FakeS3 {
         FakeS3 { addr, stop, hits, thread: Some(thread) }
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 }
@@ -169,7 +169,7 @@ fn an_unreachable_endpoint_exits_6_in_bounded_time() {
 }
 
 /// The LocalStack endpoint, or `None` (skipped) outside CI when none is configured.
-fn localstack() -> Option<String> {
+pub(crate) fn localstack() -> Option<String> {
     match std::env::var("S3DOCK_TEST_S3_ENDPOINT") {
         Ok(e) if !e.is_empty() => Some(e),
         _ if std::env::var_os("CI").is_some() => panic!(
@@ -184,7 +184,7 @@ fn localstack() -> Option<String> {
     }
 }
 
-fn client(endpoint: &str) -> aws_sdk_s3::Client {
+pub(crate) fn client(endpoint: &str) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
@@ -195,12 +195,12 @@ fn client(endpoint: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
-fn unique_bucket(what: &str) -> String {
+pub(crate) fn unique_bucket(what: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     format!("s3dock-cli-{what}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
 }
 
-async fn list_keys(c: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+pub(crate) async fn list_keys(c: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
     let mut keys = Vec::new();
     let mut pages = c.list_objects_v2().bucket(bucket).into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -263,7 +263,10 @@ fn localstack_story() {
         assert!(keys.contains(&want.to_owned()), "{want} in {keys:?}");
     }
     assert!(keys.iter().any(|k| k.starts_with("team-a/audit/myapp/")), "inline audit: {keys:?}");
-    assert!(!keys.iter().any(|k| k.contains(".probe")), "the precondition probe cleans up: {keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.contains("probe/") || k.contains("leases/")),
+        "the probe and the leases clean up: {keys:?}"
+    );
 
     // Bad input and missing targets write nothing to the bucket.
     run(&["promote", A1, "Production"]).code(2).stderr_has("uppercase");

@@ -86,12 +86,9 @@ impl LocalStore {
     fn info_from(key: &ObjectKey, md: &std::fs::Metadata) -> ObjectInfo {
         let mtime = md.modified().unwrap_or(UNIX_EPOCH);
         let nanos = mtime.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-        ObjectInfo {
-            key: key.clone(),
-            size: md.len(),
-            etag: ETag(format!("\"{nanos:x}-{:x}\"", md.len())),
-            last_modified: Some(DateTime::<Utc>::from(mtime)),
-        }
+        let mut info = ObjectInfo::new(key.clone(), md.len(), ETag(format!("\"{nanos:x}-{:x}\"", md.len())));
+        info.last_modified = Some(DateTime::<Utc>::from(mtime));
+        info
     }
 
     fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>, StoreError> {
@@ -192,6 +189,31 @@ impl LocalStore {
         }
         let md = std::fs::metadata(&dest).map_err(|e| ioerr("cannot read back", e))?;
         Ok(Self::info_from(key, &md))
+    }
+
+    /// Deletes `key` under its lock, only while it has `etag` if one is given.
+    async fn remove(&self, key: &ObjectKey, etag: Option<ETag>) -> Result<(), StoreError> {
+        let this = self.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || {
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(this.lock_path(&key))
+                .map_err(|e| StoreError::io(format!("cannot open the lock for {key}"), e))?;
+            lock.lock().map_err(|e| StoreError::io(format!("cannot lock {key}"), e))?;
+            if let Some(etag) = etag {
+                check(this.stat(&key)?.as_ref(), &key, &Precondition::IfMatch(etag))?;
+            }
+            match std::fs::remove_file(this.path_of(&key)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(StoreError::io(format!("cannot delete {key}"), e)),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Other { message: format!("local store task failed: {e}"), retryable: false })?
     }
 
     fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<(String, ObjectInfo)>) -> Result<(), StoreError> {
@@ -319,24 +341,11 @@ impl ObjectStore for LocalStore {
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
-        let this = self.clone();
-        let key = key.clone();
-        tokio::task::spawn_blocking(move || {
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(this.lock_path(&key))
-                .map_err(|e| StoreError::io(format!("cannot open the lock for {key}"), e))?;
-            lock.lock().map_err(|e| StoreError::io(format!("cannot lock {key}"), e))?;
-            match std::fs::remove_file(this.path_of(&key)) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(StoreError::io(format!("cannot delete {key}"), e)),
-            }
-        })
-        .await
-        .map_err(|e| StoreError::Other { message: format!("local store task failed: {e}"), retryable: false })?
+        self.remove(key, None).await
+    }
+
+    async fn delete_if(&self, key: &ObjectKey, etag: &ETag) -> Result<(), StoreError> {
+        self.remove(key, Some(etag.clone())).await
     }
 
     fn precondition_support(&self) -> PreconditionSupport {

@@ -1,27 +1,40 @@
-//! An in-memory store for tests: the reference behaviour of the contract suite.
+//! An in-memory, versioned store for tests: the reference behaviour of the contract suite.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::Utc;
 use tokio::io::AsyncReadExt;
 
 use super::*;
+use crate::clock::{Clock, SystemClock};
 
-#[derive(Debug)]
-struct Entry {
-    body: Bytes,
-    info: ObjectInfo,
+/// One version of a key: its bytes, or a delete marker (`body: None`).
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub body: Option<Bytes>,
+    pub info: ObjectInfo,
 }
 
+impl Version {
+    pub fn is_delete_marker(&self) -> bool {
+        self.body.is_none()
+    }
+}
+
+/// An in-memory bucket with S3 versioning always on: every write adds a version with its own
+/// id, a delete adds a delete marker, and old versions stay readable by id. Tests and the
+/// protocol simulation read the whole history through [`MemoryStore::versions`].
 #[derive(Debug)]
 pub struct MemoryStore {
-    objects: Mutex<BTreeMap<String, Entry>>,
+    objects: Mutex<BTreeMap<String, Vec<Version>>>,
     next_etag: AtomicU64,
     page_size: usize,
+    clock: Arc<dyn Clock>,
 }
 
 impl Default for MemoryStore {
@@ -37,10 +50,21 @@ impl MemoryStore {
 
     /// A store that lists at most `page_size` keys per page, to exercise pagination.
     pub fn with_page_size(page_size: usize) -> Self {
-        MemoryStore { objects: Mutex::new(BTreeMap::new()), next_etag: AtomicU64::new(1), page_size: page_size.max(1) }
+        MemoryStore {
+            objects: Mutex::new(BTreeMap::new()),
+            next_etag: AtomicU64::new(1),
+            page_size: page_size.max(1),
+            clock: Arc::new(SystemClock),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+    /// Stamps `last_modified` from `clock` (the simulation's) instead of the system clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<Version>>> {
         // A panic while holding the lock can only come from a test assertion elsewhere; the
         // map itself is never left half-updated, so the poisoned data is still consistent.
         self.objects.lock().unwrap_or_else(|p| p.into_inner())
@@ -49,18 +73,56 @@ impl MemoryStore {
     /// Replaces an object's bytes behind the store's back (tests: corruption).
     pub fn corrupt(&self, key: &ObjectKey, body: impl Into<Bytes>) {
         let mut map = self.lock();
-        if let Some(e) = map.get_mut(key.as_str()) {
-            e.body = body.into();
-            e.info.size = e.body.len() as u64;
+        if let Some(v) = map.get_mut(key.as_str()).and_then(|h| h.last_mut())
+            && v.body.is_some()
+        {
+            let body = body.into();
+            v.info.size = body.len() as u64;
+            v.body = Some(body);
         }
     }
 
-    fn write(&self, key: &ObjectKey, body: Bytes, precondition: &Precondition) -> Result<ObjectInfo, StoreError> {
+    /// Every version ever written under `key`, oldest first (delete markers included).
+    pub fn versions(&self, key: &str) -> Vec<Version> {
+        self.lock().get(key).cloned().unwrap_or_default()
+    }
+
+    /// Every key that ever had a version, in key order.
+    pub fn all_keys(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    fn current(map: &BTreeMap<String, Vec<Version>>, key: &str) -> Option<Version> {
+        map.get(key).and_then(|h| h.last()).filter(|v| v.body.is_some()).cloned()
+    }
+
+    fn add_delete_marker(&self, map: &mut BTreeMap<String, Vec<Version>>, key: &ObjectKey) {
+        let n = self.next_etag.fetch_add(1, Ordering::SeqCst);
+        let mut info = ObjectInfo::new(key.clone(), 0, ETag(String::new()));
+        info.version_id = Some(format!("v{n}"));
+        info.last_modified = Some(self.clock.now());
+        map.entry(key.as_str().to_owned()).or_default().push(Version { body: None, info });
+    }
+
+    fn write(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        precondition: &Precondition,
+        write_id: Option<String>,
+    ) -> Result<ObjectInfo, StoreError> {
         let mut map = self.lock();
-        check(map.get(key.as_str()).map(|e| &e.info), key, precondition)?;
-        let etag = ETag(format!("\"mem-{}\"", self.next_etag.fetch_add(1, Ordering::SeqCst)));
-        let info = ObjectInfo { key: key.clone(), size: body.len() as u64, etag, last_modified: Some(Utc::now()) };
-        map.insert(key.as_str().to_owned(), Entry { body, info: info.clone() });
+        check(Self::current(&map, key.as_str()).as_ref().map(|v| &v.info), key, precondition)?;
+        let n = self.next_etag.fetch_add(1, Ordering::SeqCst);
+        let info = ObjectInfo {
+            key: key.clone(),
+            size: body.len() as u64,
+            etag: ETag(format!("\"mem-{n}\"")),
+            last_modified: Some(self.clock.now()),
+            version_id: Some(format!("v{n}")),
+            write_id,
+        };
+        map.entry(key.as_str().to_owned()).or_default().push(Version { body: Some(body), info: info.clone() });
         Ok(info)
     }
 }
@@ -132,19 +194,30 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>, StoreError> {
-        Ok(self.lock().get(key.as_str()).map(|e| e.info.clone()))
+        Ok(Self::current(&self.lock(), key.as_str()).map(|v| v.info))
     }
 
     async fn get(&self, key: &ObjectKey, opts: GetOptions) -> Result<GetObject, StoreError> {
         let map = self.lock();
-        let e = map.get(key.as_str()).ok_or_else(|| StoreError::NotFound { key: key.to_string() })?;
+        let not_found = || StoreError::NotFound { key: key.to_string() };
+        let v = match &opts.version_id {
+            Some(id) => map
+                .get(key.as_str())
+                .and_then(|h| h.iter().find(|v| v.info.version_id.as_deref() == Some(id)))
+                .filter(|v| v.body.is_some())
+                .cloned()
+                .ok_or_else(not_found)?,
+            None => Self::current(&map, key.as_str()).ok_or_else(not_found)?,
+        };
         if let Some(want) = &opts.if_match
-            && want != &e.info.etag
+            && want != &v.info.etag
         {
             return Err(StoreError::PreconditionFailed { key: key.to_string() });
         }
-        let start = (opts.offset as usize).min(e.body.len());
-        Ok(GetObject { info: e.info.clone(), body: reader_from_bytes(e.body.slice(start..)) })
+        // `current` and the version lookup only return versions with a body.
+        let body = v.body.unwrap_or_default();
+        let start = (opts.offset as usize).min(body.len());
+        Ok(GetObject { info: v.info, body: reader_from_bytes(body.slice(start..)) })
     }
 
     async fn put_bytes(
@@ -153,7 +226,7 @@ impl ObjectStore for MemoryStore {
         body: Bytes,
         precondition: Precondition,
     ) -> Result<ObjectInfo, StoreError> {
-        self.write(key, body, &precondition)
+        self.write(key, body, &precondition, None)
     }
 
     async fn put_stream(
@@ -167,19 +240,16 @@ impl ObjectStore for MemoryStore {
         if let Some(check) = opts.commit_check {
             check().await.map_err(|reason| StoreError::Aborted { key: key.to_string(), reason })?;
         }
-        self.write(key, Bytes::from(buf), &opts.precondition)
+        self.write(key, Bytes::from(buf), &opts.precondition, opts.write_id)
     }
 
     async fn list_page(&self, prefix: &str, delimited: bool, token: Option<String>) -> Result<ListPage, StoreError> {
         let map = self.lock();
-        let iter = map.range(prefix.to_owned()..).map(|(k, e)| (k.as_str(), e.info.clone()));
-        Ok(paginate(
-            iter.take_while(|(k, _)| k.starts_with(prefix)),
-            prefix,
-            delimited,
-            token.as_deref(),
-            self.page_size,
-        ))
+        let iter = map
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter_map(|(k, h)| h.last().filter(|v| v.body.is_some()).map(|v| (k.as_str(), v.info.clone())));
+        Ok(paginate(iter, prefix, delimited, token.as_deref(), self.page_size))
     }
 
     async fn copy(
@@ -188,17 +258,24 @@ impl ObjectStore for MemoryStore {
         dst: &ObjectKey,
         precondition: Precondition,
     ) -> Result<ObjectInfo, StoreError> {
-        let body = {
-            let map = self.lock();
-            map.get(src.as_str())
-                .map(|e| e.body.clone())
-                .ok_or_else(|| StoreError::NotFound { key: src.to_string() })?
-        };
-        self.write(dst, body, &precondition)
+        let body = Self::current(&self.lock(), src.as_str())
+            .and_then(|v| v.body)
+            .ok_or_else(|| StoreError::NotFound { key: src.to_string() })?;
+        self.write(dst, body, &precondition, None)
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
-        self.lock().remove(key.as_str());
+        let mut map = self.lock();
+        if Self::current(&map, key.as_str()).is_some() {
+            self.add_delete_marker(&mut map, key);
+        }
+        Ok(())
+    }
+
+    async fn delete_if(&self, key: &ObjectKey, etag: &ETag) -> Result<(), StoreError> {
+        let mut map = self.lock();
+        check(Self::current(&map, key.as_str()).as_ref().map(|v| &v.info), key, &Precondition::IfMatch(etag.clone()))?;
+        self.add_delete_marker(&mut map, key);
         Ok(())
     }
 

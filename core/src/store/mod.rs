@@ -12,7 +12,8 @@
 //! creates of archive and audit objects (never overwritten) and first pointers; `IfMatch`
 //! (`If-Match: <etag>`) makes pointer updates compare-and-swap. A store that silently ignores
 //! them would turn a lost race into lost data, so [`probe_preconditions`] checks a store once
-//! before any pointer is written and refuses one that does not honour them.
+//! before a command relies on them (push, tag, promote, rollback, cleanup) and refuses one
+//! that does not honour them; [`probe`] reports each operation (`s3dock doctor`).
 
 pub mod faults;
 pub mod local;
@@ -30,14 +31,39 @@ use crate::names::ObjectKey;
 
 pub use local::LocalStore;
 pub use memory::MemoryStore;
-pub use s3::{S3Config, S3Store};
+pub use s3::{S3Config, S3Store, Versioning};
 
 /// A streaming body.
 pub type BoxReader = Pin<Box<dyn AsyncRead + Send>>;
 
-/// An entity tag: opaque, compared for equality only.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// An entity tag: opaque, compared for equality only. Equality ignores the spelling S3 and
+/// proxies vary in: surrounding quotes and a weak `W/` prefix (`"abc"`, `abc` and `W/"abc"` are
+/// the same tag), so a tag recorded in a document matches the one a later HEAD returns.
+#[derive(Debug, Clone)]
 pub struct ETag(pub String);
+
+impl ETag {
+    /// The tag without quotes or a weak prefix.
+    pub fn normalized(&self) -> &str {
+        let s = self.0.trim();
+        let s = s.strip_prefix("W/").unwrap_or(s);
+        s.trim_matches('"')
+    }
+}
+
+impl PartialEq for ETag {
+    fn eq(&self, other: &Self) -> bool {
+        self.normalized() == other.normalized()
+    }
+}
+
+impl Eq for ETag {}
+
+impl std::hash::Hash for ETag {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.normalized().hash(state);
+    }
+}
 
 impl std::fmt::Display for ETag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,6 +77,17 @@ pub struct ObjectInfo {
     pub size: u64,
     pub etag: ETag,
     pub last_modified: Option<DateTime<Utc>>,
+    /// The version (S3 versioning), where the store keeps versions and said which one.
+    pub version_id: Option<String>,
+    /// The write id the object was stored with ([`PutOptions::write_id`]), where the store
+    /// keeps one (S3 as user metadata, memory); `None` elsewhere and in listings.
+    pub write_id: Option<String>,
+}
+
+impl ObjectInfo {
+    pub fn new(key: ObjectKey, size: u64, etag: ETag) -> Self {
+        ObjectInfo { key, size, etag, last_modified: None, version_id: None, write_id: None }
+    }
 }
 
 /// The condition a write must meet, checked atomically with the write.
@@ -91,11 +128,29 @@ impl std::fmt::Debug for GetObject {
 /// the write (nothing becomes visible) with [`StoreError::Aborted`]. The pusher uses it to skip
 /// an upload whose MD5 turns out to match what the bucket already holds, and to archive the
 /// content it is about to replace. It is async so it can do that copy.
-pub type CommitCheck = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, Result<(), String>> + Send>;
+pub type CommitCheck = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, Result<(), Abort>> + Send>;
+
+/// Why a commit check stopped a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Abort {
+    /// The bytes are identical to what the bucket already holds: nothing to write.
+    Identical,
+    /// Anything else, said for people.
+    Refused(String),
+}
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Abort::Identical => f.write_str("identical content: the bucket already holds these bytes"),
+            Abort::Refused(why) => f.write_str(why),
+        }
+    }
+}
 
 /// A commit check from a plain closure.
 pub fn commit_check(f: impl FnOnce() -> Result<(), String> + Send + 'static) -> CommitCheck {
-    Box::new(move || Box::pin(std::future::ready(f())))
+    Box::new(move || Box::pin(std::future::ready(f().map_err(Abort::Refused))))
 }
 
 #[derive(Default)]
@@ -104,6 +159,13 @@ pub struct PutOptions {
     pub commit_check: Option<CommitCheck>,
     /// The body's size if known in advance (lets small bodies skip multipart).
     pub size_hint: Option<u64>,
+    /// An id unique to this write, stored with the object and returned by `head`: after a
+    /// lost response (the SDK retried and the condition failed on the writer's own object) the
+    /// writer recognizes its own write by it.
+    pub write_id: Option<String>,
+    /// Use the multipart path whatever the size (the precondition probe checks conditional
+    /// multipart completion with a tiny body). Stores without a multipart path ignore it.
+    pub multipart: bool,
 }
 
 impl std::fmt::Debug for PutOptions {
@@ -112,6 +174,8 @@ impl std::fmt::Debug for PutOptions {
             .field("precondition", &self.precondition)
             .field("commit_check", &self.commit_check.is_some())
             .field("size_hint", &self.size_hint)
+            .field("write_id", &self.write_id)
+            .field("multipart", &self.multipart)
             .finish()
     }
 }
@@ -132,7 +196,7 @@ pub enum StoreError {
     #[error("{key} was changed by someone else (precondition failed)")]
     PreconditionFailed { key: String },
     #[error("write to {key} aborted: {reason}")]
-    Aborted { key: String, reason: String },
+    Aborted { key: String, reason: Abort },
     #[error(
         "cannot reach {endpoint} ({detail}); check the endpoint URL, your network, and that the service is running"
     )]
@@ -148,9 +212,9 @@ pub enum StoreError {
     )]
     NoCredentials { detail: String },
     #[error(
-        "{store} does not honour conditional writes (If-None-Match / If-Match), so concurrent promotions could overwrite each other; use AWS S3, LocalStack, or a local directory store"
+        "{store} ignores the conditions of {operations}, so concurrent writers could overwrite each other's data; use AWS S3, LocalStack, or a local directory store"
     )]
-    PreconditionsIgnored { store: String },
+    PreconditionsIgnored { store: String, operations: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -243,6 +307,11 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Deletes an object; deleting an absent object is not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError>;
 
+    /// Deletes an object only while it still has `etag` (S3's conditional delete, `If-Match`):
+    /// `PreconditionFailed` if it changed, `NotFound` if it is gone. What a handler or cleanup
+    /// deletes is what it inspected, never a version that landed since.
+    async fn delete_if(&self, key: &ObjectKey, etag: &ETag) -> Result<(), StoreError>;
+
     fn precondition_support(&self) -> PreconditionSupport {
         PreconditionSupport::Probe
     }
@@ -297,36 +366,175 @@ pub async fn read_small(
     Ok(Some((Bytes::from(buf), obj.info)))
 }
 
-/// Checks that `store` honours `If-None-Match: *` and `If-Match`, with throw-away objects under
-/// [`crate::layout::PROBE_PREFIX`]. Stores whose support is native pass without a request.
-pub async fn probe_preconditions(store: &dyn ObjectStore) -> Result<(), StoreError> {
-    if store.precondition_support() == PreconditionSupport::Native {
-        return Ok(());
+/// One conditional operation the probe tried, and whether the store honoured its condition.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeCheck {
+    /// `PutObject If-None-Match`, `CompleteMultipartUpload If-Match`, ...
+    pub operation: &'static str,
+    /// Whether s3dock relies on it (a failed required check refuses the store).
+    pub required: bool,
+    pub honoured: bool,
+    /// Why the operation could not be tried (a server without multipart uploads...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What [`probe`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeReport {
+    /// False for stores whose support is native (local directory, memory): nothing was tried.
+    pub probed: bool,
+    pub checks: Vec<ProbeCheck>,
+}
+
+impl ProbeReport {
+    /// The required operations whose conditions the store ignored.
+    pub fn ignored(&self) -> Vec<&'static str> {
+        self.checks.iter().filter(|c| c.required && !c.honoured).map(|c| c.operation).collect()
     }
-    let key = crate::layout::probe(&uuid::Uuid::new_v4().simple().to_string());
-    let ignored = || StoreError::PreconditionsIgnored { store: store.url() };
-    let first = store.put_bytes(&key, Bytes::from_static(b"probe-1"), Precondition::IfAbsent).await?;
-    let result = async {
-        match store.put_bytes(&key, Bytes::from_static(b"probe-2"), Precondition::IfAbsent).await {
-            Err(e) if e.is_precondition_failed() => {}
-            Ok(_) => return Err(ignored()),
-            Err(e) => return Err(e),
+}
+
+/// Tries every conditional operation s3dock relies on, with throw-away objects under
+/// [`crate::layout::PROBE_PREFIX`], and reports which conditions the store honours: PutObject
+/// with `If-None-Match: *` (creates) and `If-Match` (compare-and-swap of tags, pointers and
+/// metadata), CompleteMultipartUpload with `If-None-Match: *` (archive uploads), CopyObject with
+/// `If-None-Match: *` (archive copies). Also reported, not required: CompleteMultipartUpload
+/// with `If-Match`, and DeleteObject with `If-Match` (the S3 store compares the ETag first where
+/// the server does not). Stores whose support is native pass without a request. Errors only when the store
+/// cannot be used at all (unreachable, access denied).
+pub async fn probe(store: &dyn ObjectStore) -> Result<ProbeReport, StoreError> {
+    if store.precondition_support() == PreconditionSupport::Native {
+        return Ok(ProbeReport { probed: false, checks: Vec::new() });
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (single, multi, copy) = (
+        crate::layout::probe(&format!("{id}-put")),
+        crate::layout::probe(&format!("{id}-multipart")),
+        crate::layout::probe(&format!("{id}-copy")),
+    );
+    let stale = ETag("\"00000000000000000000000000000000\"".into());
+    // A condition is honoured when the write that should fail fails with PreconditionFailed.
+    fn refused<T>(r: Result<T, StoreError>) -> Result<bool, StoreError> {
+        match r {
+            Err(e) if e.is_precondition_failed() => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
         }
-        let stale = ETag("\"00000000000000000000000000000000\"".into());
-        match store.put_bytes(&key, Bytes::from_static(b"probe-3"), Precondition::IfMatch(stale)).await {
-            Err(e) if e.is_precondition_failed() => {}
-            Ok(_) => return Err(ignored()),
-            Err(e) => return Err(e),
+    }
+    let multipart = |precondition: Precondition| PutOptions { precondition, multipart: true, ..Default::default() };
+    let put = async {
+        let first = store.put_bytes(&single, Bytes::from_static(b"probe-1"), Precondition::IfAbsent).await?;
+        let absent = refused(store.put_bytes(&single, Bytes::from_static(b"probe-2"), Precondition::IfAbsent).await)?;
+        let stale_refused = refused(
+            store.put_bytes(&single, Bytes::from_static(b"probe-3"), Precondition::IfMatch(stale.clone())).await,
+        )?;
+        let current = store.head(&single).await?.map(|i| i.etag).unwrap_or(first.etag);
+        store.put_bytes(&single, Bytes::from_static(b"probe-4"), Precondition::IfMatch(current)).await?;
+        Ok::<_, StoreError>((absent, stale_refused))
+    }
+    .await;
+    let complete = async {
+        let first =
+            store.put_stream(&multi, reader_from_bytes(&b"probe-1"[..]), multipart(Precondition::IfAbsent)).await?;
+        let absent = refused(
+            store.put_stream(&multi, reader_from_bytes(&b"probe-2"[..]), multipart(Precondition::IfAbsent)).await,
+        )?;
+        let stale_refused = refused(
+            store
+                .put_stream(&multi, reader_from_bytes(&b"probe-3"[..]), multipart(Precondition::IfMatch(stale.clone())))
+                .await,
+        )?;
+        store
+            .put_stream(&multi, reader_from_bytes(&b"probe-4"[..]), multipart(Precondition::IfMatch(first.etag)))
+            .await?;
+        Ok::<_, StoreError>((absent, stale_refused))
+    }
+    .await;
+    let copied = async {
+        store.copy(&single, &copy, Precondition::IfAbsent).await?;
+        refused(store.copy(&single, &copy, Precondition::IfAbsent).await)
+    }
+    .await;
+    let deleted = async {
+        let r = store.delete_if(&copy, &stale).await;
+        match r {
+            Err(e) if e.is_precondition_failed() => Ok(true),
+            Ok(()) => Ok(false),
+            Err(e) => Err(e),
         }
-        store.put_bytes(&key, Bytes::from_static(b"probe-4"), Precondition::IfMatch(first.etag.clone())).await?;
-        Ok(())
     }
     .await;
     // Best effort: the probe prefix is also expired by the bucket's lifecycle rule.
-    if let Err(e) = store.delete(&key).await {
-        tracing::debug!(key = %key, error = %e, "could not delete the precondition probe");
+    for key in [&single, &multi, &copy] {
+        if let Err(e) = store.delete(key).await {
+            tracing::debug!(key = %key, error = %e, "could not delete a precondition probe object");
+        }
     }
-    result
+    // A store that cannot be used at all fails the probe; an operation that merely fails
+    // (a server without multipart, without copies) counts as not honoured, with its error.
+    let usable = |e: StoreError| -> Result<String, StoreError> {
+        match e {
+            StoreError::Unreachable { .. }
+            | StoreError::NoSuchBucket { .. }
+            | StoreError::AccessDenied { .. }
+            | StoreError::NoCredentials { .. } => Err(e),
+            other => Ok(other.to_string()),
+        }
+    };
+    let mut checks = Vec::new();
+    let mut push = |operation: &'static str, required: bool, r: Result<bool, String>| {
+        let (honoured, error) = match r {
+            Ok(h) => (h, None),
+            Err(e) => (false, Some(e)),
+        };
+        checks.push(ProbeCheck { operation, required, honoured, error });
+    };
+    match put {
+        Ok((absent, stale_refused)) => {
+            push("PutObject If-None-Match", true, Ok(absent));
+            push("PutObject If-Match", true, Ok(stale_refused));
+        }
+        Err(e) => {
+            let e = usable(e)?;
+            push("PutObject If-None-Match", true, Err(e.clone()));
+            push("PutObject If-Match", true, Err(e));
+        }
+    }
+    match complete {
+        Ok((absent, stale_refused)) => {
+            push("CompleteMultipartUpload If-None-Match", true, Ok(absent));
+            // Reported, not required: no archive is ever replaced in place (a re-push writes a
+            // new archive object), so nothing relies on it.
+            push("CompleteMultipartUpload If-Match", false, Ok(stale_refused));
+        }
+        Err(e) => {
+            let e = usable(e)?;
+            push("CompleteMultipartUpload If-None-Match", true, Err(e.clone()));
+            push("CompleteMultipartUpload If-Match", false, Err(e));
+        }
+    }
+    let copied = match copied {
+        Ok(b) => Ok(b),
+        Err(e) => Err(usable(e)?),
+    };
+    push("CopyObject If-None-Match", true, copied);
+    let deleted = match deleted {
+        Ok(b) => Ok(b),
+        Err(e) => Err(usable(e)?),
+    };
+    push("DeleteObject If-Match", false, deleted);
+    Ok(ProbeReport { probed: true, checks })
+}
+
+/// Refuses a store that ignores a condition s3dock relies on (see [`probe`]).
+pub async fn probe_preconditions(store: &dyn ObjectStore) -> Result<(), StoreError> {
+    let report = probe(store).await?;
+    let ignored = report.ignored();
+    if ignored.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::PreconditionsIgnored { store: store.url(), operations: ignored.join(", ") })
+    }
 }
 
 /// Reads a whole stream into memory: for tests and small bodies only.
@@ -339,4 +547,28 @@ pub async fn read_to_vec(mut body: BoxReader) -> std::io::Result<Vec<u8>> {
 /// Wraps bytes as a [`BoxReader`].
 pub fn reader_from_bytes(b: impl Into<Bytes>) -> BoxReader {
     Box::pin(std::io::Cursor::new(b.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: ETags were compared byte for byte, so a tag recorded without quotes (or a
+    /// proxy's weak `W/` form) never matched the one a HEAD returned.
+    #[test]
+    fn etags_compare_by_value_not_spelling() {
+        let quoted = ETag("\"9e107d9d372bb6826bd81d3542a419d6\"".into());
+        for same in [
+            "9e107d9d372bb6826bd81d3542a419d6",
+            "W/\"9e107d9d372bb6826bd81d3542a419d6\"",
+            " \"9e107d9d372bb6826bd81d3542a419d6\" ",
+        ] {
+            assert_eq!(quoted, ETag(same.into()), "{same}");
+        }
+        assert_ne!(quoted, ETag("\"9e107d9d372bb6826bd81d3542a419d7\"".into()));
+        let set: std::collections::HashSet<ETag> =
+            [quoted.clone(), ETag("9e107d9d372bb6826bd81d3542a419d6".into())].into();
+        assert_eq!(set.len(), 1, "hashing agrees with equality");
+        assert_eq!(ETag("\"abc-2\"".into()).normalized(), "abc-2");
+    }
 }

@@ -38,6 +38,9 @@ use tokio::task::JoinSet;
 
 use super::*;
 
+mod bucket;
+pub use bucket::Versioning;
+
 const MIB: usize = 1024 * 1024;
 const GIB: u64 = 1024 * 1024 * 1024;
 
@@ -49,6 +52,8 @@ pub const MAX_PART_SIZE: usize = 5 * 1024 * MIB;
 pub const MAX_PARTS: u64 = 10_000;
 /// The largest object CopyObject accepts; larger ones are copied part by part.
 pub const MAX_SINGLE_COPY: u64 = 5 * GIB;
+/// The user-metadata key (`x-amz-meta-s3dock-write-id`) that carries [`PutOptions::write_id`].
+const WRITE_ID_META: &str = "s3dock-write-id";
 /// The region used when neither the configuration nor the AWS chain names one.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
@@ -364,17 +369,46 @@ impl S3Store {
         }
     }
 
-    /// Starts a multipart upload to `key`.
-    async fn start_upload(&self, key: &ObjectKey) -> Result<Upload, StoreError> {
-        let full = self.full_key(key);
-        let created = self
+    /// One PutObject, storing `write_id` with the object.
+    async fn put_object(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        precondition: Precondition,
+        write_id: Option<&str>,
+    ) -> Result<ObjectInfo, StoreError> {
+        let size = body.len() as u64;
+        let mut req = self
             .client
-            .create_multipart_upload()
+            .put_object()
             .bucket(&self.cfg.bucket)
-            .key(&full)
+            .key(self.full_key(key))
+            .content_length(size as i64)
+            .body(ByteStream::from(body));
+        if let Some(id) = write_id {
+            req = req.metadata(WRITE_ID_META, id);
+        }
+        // If an attempt's response is lost after S3 applied a conditional write, the SDK's retry
+        // fails that very condition (412): the caller sees PreconditionFailed, re-reads and
+        // recognizes its own write by its write id (in the document, or `head`'s `write_id`).
+        let out = Self::apply_put_precondition(req, &precondition)
             .send()
             .await
-            .map_err(|e| self.ctx.map("starting a multipart upload to", key.as_str(), e))?;
+            .map_err(|e| self.ctx.map("writing", key.as_str(), e))?;
+        let mut info = ObjectInfo::new(key.clone(), size, etag_or_err(out.e_tag(), &self.ctx, key)?);
+        info.version_id = out.version_id().map(str::to_owned);
+        info.write_id = write_id.map(str::to_owned);
+        Ok(info)
+    }
+
+    /// Starts a multipart upload to `key`, storing `write_id` with the object.
+    async fn start_upload(&self, key: &ObjectKey, write_id: Option<&str>) -> Result<Upload, StoreError> {
+        let full = self.full_key(key);
+        let mut req = self.client.create_multipart_upload().bucket(&self.cfg.bucket).key(&full);
+        if let Some(id) = write_id {
+            req = req.metadata(WRITE_ID_META, id);
+        }
+        let created = req.send().await.map_err(|e| self.ctx.map("starting a multipart upload to", key.as_str(), e))?;
         let id = created
             .upload_id()
             .ok_or_else(|| self.ctx.protocol("CreateMultipartUpload returned no upload id", key))?
@@ -399,7 +433,7 @@ impl S3Store {
         opts: PutOptions,
         part_size: usize,
     ) -> Result<ObjectInfo, StoreError> {
-        let upload = self.start_upload(key).await?;
+        let upload = self.start_upload(key, opts.write_id.as_deref()).await?;
         let result = async {
             let (parts, size) = self.upload_parts(&upload, first, body, part_size).await?;
             if let Some(check) = opts.commit_check {
@@ -407,7 +441,9 @@ impl S3Store {
             }
             let etag = upload.complete(parts, &opts.precondition).await?;
             tracing::debug!(key = %key, size, "multipart upload completed");
-            Ok(ObjectInfo { key: key.clone(), size, etag, last_modified: None })
+            let mut info = ObjectInfo::new(key.clone(), size, etag);
+            info.write_id = opts.write_id.clone();
+            Ok(info)
         }
         .await;
         // Whatever failed (the body, a part, the commit check, the precondition), nothing may
@@ -488,11 +524,11 @@ impl S3Store {
         dst: &ObjectKey,
         precondition: &Precondition,
     ) -> Result<ObjectInfo, StoreError> {
-        let upload = self.start_upload(dst).await?;
+        let upload = self.start_upload(dst, None).await?;
         let result = async {
             let parts = self.copy_parts(&upload, src, src_info).await?;
             let etag = upload.complete(parts, precondition).await?;
-            Ok(ObjectInfo { key: dst.clone(), size: src_info.size, etag, last_modified: None })
+            Ok(ObjectInfo::new(dst.clone(), src_info.size, etag))
         }
         .await;
         if result.is_err() {
@@ -712,6 +748,8 @@ impl ObjectStore for S3Store {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 etag: etag_or_err(out.e_tag(), &self.ctx, key)?,
                 last_modified: to_chrono(out.last_modified()),
+                version_id: out.version_id().map(str::to_owned),
+                write_id: out.metadata().and_then(|m| m.get(WRITE_ID_META)).cloned(),
             })),
             // HEAD responses have no body, so a missing bucket is also a bare 404 here; it
             // surfaces as NoSuchBucket on the next GET, PUT or LIST.
@@ -745,6 +783,8 @@ impl ObjectStore for S3Store {
                     size,
                     etag: etag_or_err(out.e_tag(), &self.ctx, key)?,
                     last_modified: to_chrono(out.last_modified()),
+                    version_id: out.version_id().map(str::to_owned),
+                    write_id: out.metadata().and_then(|m| m.get(WRITE_ID_META)).cloned(),
                 };
                 Ok(GetObject { info, body: Box::pin(out.body.into_async_read()) })
             }
@@ -765,6 +805,8 @@ impl ObjectStore for S3Store {
                     size: out.content_length().unwrap_or(0).max(0) as u64,
                     etag: etag_or_err(out.e_tag(), &self.ctx, key)?,
                     last_modified: to_chrono(out.last_modified()),
+                    version_id: out.version_id().map(str::to_owned),
+                    write_id: out.metadata().and_then(|m| m.get(WRITE_ID_META)).cloned(),
                 };
                 if opts.offset < info.size {
                     // The object grew between the two requests: let the caller try again.
@@ -785,22 +827,7 @@ impl ObjectStore for S3Store {
         body: Bytes,
         precondition: Precondition,
     ) -> Result<ObjectInfo, StoreError> {
-        let size = body.len() as u64;
-        let req = self
-            .client
-            .put_object()
-            .bucket(&self.cfg.bucket)
-            .key(self.full_key(key))
-            .content_length(size as i64)
-            .body(ByteStream::from(body));
-        // If an attempt's response is lost after S3 applied a conditional write, the SDK's retry
-        // fails that very condition (412): the caller sees PreconditionFailed, re-reads and finds
-        // its own write, which the compare-and-swap loops handle like any lost race.
-        let out = Self::apply_put_precondition(req, &precondition)
-            .send()
-            .await
-            .map_err(|e| self.ctx.map("writing", key.as_str(), e))?;
-        Ok(ObjectInfo { key: key.clone(), size, etag: etag_or_err(out.e_tag(), &self.ctx, key)?, last_modified: None })
+        self.put_object(key, body, precondition, None).await
     }
 
     async fn put_stream(
@@ -819,12 +846,12 @@ impl ObjectStore for S3Store {
         let first = read_part(&mut body, part_size, capacity)
             .await
             .map_err(|e| StoreError::io(format!("reading the body for {key}"), e))?;
-        if first.len() < part_size {
+        if first.len() < part_size && !opts.multipart {
             // The whole body fits in one part: one PutObject, no multipart bookkeeping.
             if let Some(check) = opts.commit_check.take() {
                 check().await.map_err(|reason| StoreError::Aborted { key: key.to_string(), reason })?;
             }
-            return self.put_bytes(key, first, opts.precondition).await;
+            return self.put_object(key, first, opts.precondition, opts.write_id.as_deref()).await;
         }
         self.put_multipart(key, first, body, opts, part_size).await
     }
@@ -849,12 +876,13 @@ impl ObjectStore for S3Store {
             let Some(key) = o.key().and_then(strip).and_then(|k| ObjectKey::parse(&k).ok()) else {
                 continue;
             };
-            page.objects.push(ObjectInfo {
+            let mut info = ObjectInfo::new(
                 key,
-                size: o.size().unwrap_or(0).max(0) as u64,
-                etag: ETag(o.e_tag().unwrap_or_default().to_owned()),
-                last_modified: to_chrono(o.last_modified()),
-            });
+                o.size().unwrap_or(0).max(0) as u64,
+                ETag(o.e_tag().unwrap_or_default().to_owned()),
+            );
+            info.last_modified = to_chrono(o.last_modified());
+            page.objects.push(info);
         }
         page.prefixes = out.common_prefixes().iter().filter_map(|p| p.prefix().and_then(strip)).collect();
         if out.is_truncated() == Some(true) {
@@ -881,66 +909,70 @@ impl ObjectStore for S3Store {
             });
         }
         let src_info = self.head(src).await?.ok_or_else(|| StoreError::NotFound { key: src.to_string() })?;
-        if precondition == Precondition::IfAbsent && self.head(dst).await?.is_some() {
-            // AWS checks If-None-Match on CopyObject atomically with the copy (sent below), but
-            // LocalStack 4.13 and moto 5.2 ignore it, so look first as well. Another writer could
-            // create `dst` between this HEAD and the copy, and a server ignoring the header would
-            // then overwrite it: callers copy to unique archive names, so this check is belt and
-            // braces, not the guarantee. It also spares a multipart copy that would fail anyway.
-            return Err(StoreError::PreconditionFailed { key: dst.to_string() });
+        if precondition == Precondition::IfAbsent {
+            // A create-only copy goes through a multipart upload whose completion carries
+            // `If-None-Match: *`: S3 checks that atomically, and IAM's `s3:if-none-match`
+            // condition (create-only grants on archive/) can be met by it, which a CopyObject
+            // cannot (AWS answers 501 to a conditional CopyObject). Every part is copied server
+            // side, pinned to the source's ETag; a small source is one part.
+            if src_info.size == 0 {
+                return self.put_object(dst, Bytes::new(), precondition, None).await;
+            }
+            return self.copy_multipart(src, &src_info, dst, &precondition).await;
         }
         if src_info.size > self.cfg.multipart_copy_threshold {
             return self.copy_multipart(src, &src_info, dst, &precondition).await;
         }
-        let send = |conditional: bool| {
-            let mut req = self
-                .client
-                .copy_object()
-                .bucket(&self.cfg.bucket)
-                .key(self.full_key(dst))
-                .copy_source(copy_source(&self.cfg.bucket, &self.full_key(src)))
-                // Copy exactly the version just inspected (its size chose this path).
-                .copy_source_if_match(&src_info.etag.0);
-            if conditional {
-                req = req.if_none_match("*");
-            }
-            req.send()
-        };
-        let conditional = precondition == Precondition::IfAbsent;
-        let mut sent = send(conditional).await;
-        // A server that knows conditional copies only partly may answer 501 NotImplemented to
-        // the header: the HEAD above already checked, so copy again without it.
-        if conditional && matches!(&sent, Err(e) if status_of(e) == Some(501)) {
-            tracing::debug!(key = %dst, "the server refused a conditional copy; copying after the HEAD check only");
-            sent = send(false).await;
-        }
-        let out = match sent {
-            Ok(out) => out,
-            // Either condition may have failed: the destination appeared meanwhile, or the
-            // source changed since the HEAD (a retryable conflict on the source, not a lost race
-            // on the destination).
-            Err(e) if status_of(&e) == Some(412) => {
-                if precondition == Precondition::IfAbsent && self.head(dst).await?.is_some() {
-                    return Err(StoreError::PreconditionFailed { key: dst.to_string() });
-                }
-                return Err(source_changed(src));
-            }
-            Err(e) => return Err(self.ctx.map("copying to", dst.as_str(), e)),
-        };
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&self.cfg.bucket)
+            .key(self.full_key(dst))
+            .copy_source(copy_source(&self.cfg.bucket, &self.full_key(src)))
+            // Copy exactly the version just inspected (its size chose this path).
+            .copy_source_if_match(&src_info.etag.0)
+            .send()
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(412) => source_changed(src),
+                _ => self.ctx.map("copying to", dst.as_str(), e),
+            })?;
         let result = out.copy_object_result();
         let etag = etag_or_err(result.and_then(|r| r.e_tag()), &self.ctx, dst)?;
-        Ok(ObjectInfo {
-            key: dst.clone(),
-            size: src_info.size,
-            etag,
-            last_modified: to_chrono(result.and_then(|r| r.last_modified())),
-        })
+        let mut info = ObjectInfo::new(dst.clone(), src_info.size, etag);
+        info.last_modified = to_chrono(result.and_then(|r| r.last_modified()));
+        info.version_id = out.version_id().map(str::to_owned);
+        Ok(info)
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
         match self.client.delete_object().bucket(&self.cfg.bucket).key(self.full_key(key)).send().await {
             Ok(_) => Ok(()),
             Err(e) if status_of(&e) == Some(404) && error_code(&e) != Some("NoSuchBucket") => Ok(()),
+            Err(e) => Err(self.ctx.map("deleting", key.as_str(), e)),
+        }
+    }
+
+    async fn delete_if(&self, key: &ObjectKey, etag: &ETag) -> Result<(), StoreError> {
+        // AWS checks `If-Match` on DeleteObject atomically with the delete. Emulators may not
+        // (LocalStack and moto ignore it), so look first as well: a HEAD-then-delete window
+        // remains there, and only there.
+        match self.head(key).await? {
+            None => return Err(StoreError::NotFound { key: key.to_string() }),
+            Some(info) if &info.etag != etag => return Err(StoreError::PreconditionFailed { key: key.to_string() }),
+            Some(_) => {}
+        }
+        let sent =
+            self.client.delete_object().bucket(&self.cfg.bucket).key(self.full_key(key)).if_match(&etag.0).send().await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(e) if status_of(&e) == Some(412) => Err(StoreError::PreconditionFailed { key: key.to_string() }),
+            Err(e) if status_of(&e) == Some(404) && error_code(&e) != Some("NoSuchBucket") => {
+                Err(StoreError::NotFound { key: key.to_string() })
+            }
+            // A server that does not know conditional deletes may refuse the header: the HEAD
+            // above already compared the ETag, so delete without it.
+            Err(e) if status_of(&e) == Some(501) => self.delete(key).await,
             Err(e) => Err(self.ctx.map("deleting", key.as_str(), e)),
         }
     }

@@ -31,17 +31,24 @@ use crate::support::*;
 struct Caps {
     /// `If-Match` on CompleteMultipartUpload (`If-None-Match: *` there is part of the core).
     multipart_if_match: bool,
+    /// `head` returns the write id a `put_stream` stored (S3 user metadata, memory). The local
+    /// store never loses a response, so it keeps none.
+    write_ids: bool,
+    /// `If-Match` on DeleteObject honoured by the server itself (the S3 store also compares
+    /// the ETag first, so `delete_if` holds either way outside a race).
+    server_conditional_delete: bool,
 }
 
 impl Caps {
-    const FULL: Caps = Caps { multipart_if_match: true };
+    const FULL: Caps = Caps { multipart_if_match: true, write_ids: true, server_conditional_delete: true };
+    const LOCAL: Caps = Caps { write_ids: false, ..Caps::FULL };
 
     /// moto 5.2.5, measured with this suite: it completes a multipart upload whatever its
     /// If-Match says (If-None-Match: * is honoured). Everything else in the contract passes. Like
     /// LocalStack it ignores both conditions on CopyObject, which `S3Store::copy` covers with a
     /// HEAD first. The CAS counter (store_concurrency) does not run on moto: its docs say it is
     /// not safe under concurrent writers.
-    const MOTO: Caps = Caps { multipart_if_match: false };
+    const MOTO: Caps = Caps { multipart_if_match: false, write_ids: true, server_conditional_delete: false };
 }
 
 /// One store under test and what is needed to check it.
@@ -72,7 +79,7 @@ impl Target {
     fn local() -> Target {
         let (dir, store) = local_store();
         let careless = Box::new(IgnorePreconditions(LocalStore::open(dir.path().join("careless")).expect("open")));
-        Target { name: "local", store: Arc::new(store), careless, s3: None, caps: Caps::FULL, _dir: Some(dir) }
+        Target { name: "local", store: Arc::new(store), careless, s3: None, caps: Caps::LOCAL, _dir: Some(dir) }
     }
 
     fn s3(name: &'static str, fixture: S3Fixture, caps: Caps) -> Target {
@@ -287,7 +294,7 @@ async fn commit_check(t: &Target) {
         };
         let e = t.st().put_stream(&k, reader.boxed(), opts).await.unwrap_err();
         assert!(
-            matches!(&e, StoreError::Aborted { key, reason } if key == k.as_str() && reason.contains("same MD5")),
+            matches!(&e, StoreError::Aborted { key, reason } if key == k.as_str() && reason.to_string().contains("same MD5")),
             "{} {label}: {e:?}",
             t.name
         );
@@ -462,6 +469,39 @@ async fn delete(t: &Target) {
     t.st().put_bytes(&k, Bytes::from_static(b"y"), Precondition::IfAbsent).await.expect("recreate");
 }
 
+/// Deletes of exactly the version inspected: cleanup and rejected uploads rely on it.
+async fn delete_if(t: &Target) {
+    let k = key("contract/delete-if/a.json");
+    let v1 = t.st().put_bytes(&k, Bytes::from_static(b"one"), Precondition::None).await.expect("put");
+    let v2 = t.st().put_bytes(&k, Bytes::from_static(b"two"), Precondition::None).await.expect("put");
+    let e = t.st().delete_if(&k, &v1.etag).await.unwrap_err();
+    assert!(e.is_precondition_failed(), "{}: a stale ETag must not delete: {e:?}", t.name);
+    assert_eq!(must_read(t, k.as_str()).await, b"two", "{}", t.name);
+    // The ETag as S3 spells it, or without its quotes: the same tag.
+    let bare = ETag(v2.etag.normalized().to_owned());
+    t.st().delete_if(&k, &bare).await.unwrap_or_else(|e| panic!("{}: delete_if the current ETag: {e}", t.name));
+    assert!(t.st().head(&k).await.expect("head").is_none(), "{}", t.name);
+    let e = t.st().delete_if(&k, &v2.etag).await.unwrap_err();
+    assert!(e.is_not_found(), "{}: delete_if of a missing key: {e:?}", t.name);
+}
+
+/// A writer whose response was lost recognizes its own object by the write id it stored.
+async fn write_ids(t: &Target) {
+    if !t.caps.write_ids {
+        return t.skip("no write ids: this store never loses a response");
+    }
+    for (label, size, multipart) in [("small", 100, false), ("tiny multipart", 10, true), ("multipart", BIG, false)] {
+        let k = key(&format!("contract/write-id/{label}.bin"));
+        let opts = PutOptions { write_id: Some(format!("wid-{size}")), multipart, ..Default::default() };
+        let put = t.st().put_stream(&k, TestReader::new(pseudo_random(size, 3)).boxed(), opts).await.expect("put");
+        assert_eq!(put.write_id.as_deref(), Some(format!("wid-{size}").as_str()), "{} {label}", t.name);
+        let head = t.st().head(&k).await.expect("head").expect("present");
+        assert_eq!(head.write_id.as_deref(), Some(format!("wid-{size}").as_str()), "{} {label}: head", t.name);
+        assert_eq!(head.etag, put.etag, "{} {label}", t.name);
+    }
+    t.assert_no_uploads("after write-id puts").await;
+}
+
 async fn special_keys(t: &Target) {
     // Keys as the event handlers see them (`incoming/x y+z.json`), plus characters that need
     // escaping in URLs, query strings and copy sources.
@@ -498,13 +538,41 @@ async fn special_keys(t: &Target) {
 
 async fn probe(t: &Target) {
     probe_preconditions(t.st()).await.unwrap_or_else(|e| panic!("{}: the probe must pass: {e}", t.name));
+    let report = s3dock_core::store::probe(t.st()).await.expect("probe");
+    if report.probed {
+        let ops: Vec<&str> = report.checks.iter().map(|c| c.operation).collect();
+        assert_eq!(
+            ops,
+            [
+                "PutObject If-None-Match",
+                "PutObject If-Match",
+                "CompleteMultipartUpload If-None-Match",
+                "CompleteMultipartUpload If-Match",
+                "CopyObject If-None-Match",
+                "DeleteObject If-Match"
+            ],
+            "{}",
+            t.name
+        );
+        for c in &report.checks {
+            let expect = match c.operation {
+                "CompleteMultipartUpload If-Match" => t.caps.multipart_if_match,
+                // The S3 store compares the ETag before it sends a conditional delete.
+                "DeleteObject If-Match" => true,
+                _ => true,
+            };
+            assert_eq!(c.honoured, expect, "{}: {c:?}", t.name);
+        }
+        let _ = t.caps.server_conditional_delete;
+    }
     let e = probe_preconditions(t.careless.as_ref()).await.expect_err("a careless store must be refused");
     assert!(
-        matches!(&e, StoreError::PreconditionsIgnored { store } if store.starts_with("careless+")),
+        matches!(&e, StoreError::PreconditionsIgnored { store, .. } if store.starts_with("careless+")),
         "{}: {e:?}",
         t.name
     );
-    assert!(list_all(t.st(), "pointers/.probe/").await.expect("list").is_empty(), "{}: probe objects left", t.name);
+    assert!(list_all(t.st(), "probe/").await.expect("list").is_empty(), "{}: probe objects left", t.name);
+    t.assert_no_uploads("after the probe").await;
 }
 
 // ---- the matrix -------------------------------------------------------------------------------
@@ -568,11 +636,48 @@ contract_suite!(
     listing,
     copy,
     delete,
+    delete_if,
+    write_ids,
     special_keys,
     probe,
 );
 
 // ---- S3 only ----------------------------------------------------------------------------------
+
+/// A versioned bucket (the stack turns versioning on): every write returns its version id, an
+/// old version stays readable by id after it is replaced (what the event handlers read), and
+/// a delete leaves the object gone for readers of the current version.
+#[tokio::test]
+async fn s3_versioned_bucket_serves_the_version_an_event_names() {
+    let Some(f) = s3_fixture("versioned", false).await else { return };
+    f.client
+        .put_bucket_versioning()
+        .bucket(f.bucket())
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("enable versioning");
+    let st = &f.store;
+    let k = key("images/app/202507/app-20250721-2118-f7a5a27.json");
+    let v1 = st.put_bytes(&k, Bytes::from_static(b"first"), Precondition::IfAbsent).await.expect("v1");
+    let v2 = st.put_bytes(&k, Bytes::from_static(b"second"), Precondition::IfMatch(v1.etag.clone())).await.expect("v2");
+    let (id1, id2) = (v1.version_id.clone().expect("a version id"), v2.version_id.clone().expect("a version id"));
+    assert_ne!(id1, id2);
+    let old = st.get(&k, GetOptions { version_id: Some(id1), ..Default::default() }).await.expect("read v1");
+    assert_eq!(old.info.etag, v1.etag);
+    assert_eq!(read_to_vec(old.body).await.unwrap(), b"first");
+    let head = st.head(&k).await.unwrap().unwrap();
+    assert_eq!((head.etag, head.version_id), (v2.etag.clone(), Some(id2)));
+    // A conditional delete of the replaced version must not delete the current one.
+    assert!(st.delete_if(&k, &v1.etag).await.unwrap_err().is_precondition_failed());
+    st.delete_if(&k, &v2.etag).await.expect("delete the current version");
+    assert!(st.head(&k).await.unwrap().is_none());
+    f.cleanup().await;
+}
 
 /// The prefix is added on the way in and stripped on the way out; nothing outside it is seen.
 #[tokio::test]

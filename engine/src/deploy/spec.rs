@@ -6,15 +6,21 @@
 //! Environment variable values are [`Secret`]s: their `Debug` prints `***`, and the values of
 //! the env file are read at deploy time, never kept in the spec.
 
+mod traffic;
+mod values;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use s3dock_core::names::{AppName, EnvName};
-use serde::de::{self, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+
+pub use traffic::{DEFAULT_DRIVER_TIMEOUT, DriverConfig, TrafficConfig, default_probe, default_upstream_name};
+pub use values::{HttpTarget, parse_duration, parse_memory, parse_restart, read_env_file, show_duration};
+use values::{check_volume, de_duration, de_opt_memory, de_restart, is_env_key};
 
 use crate::docker::RestartPolicy;
 
@@ -145,179 +151,6 @@ impl Default for HealthSpec {
     }
 }
 
-/// The traffic driver's settings as written; [`TrafficConfig::driver`] checks them.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrafficConfig {
-    /// `nginx`, `command` or `none`.
-    pub driver: String,
-    /// nginx: the upstream file s3dock owns and the nginx config includes.
-    #[serde(default)]
-    pub upstream_file: Option<PathBuf>,
-    /// nginx: the upstream's name (default `s3dock_{app}_{env}`, `.` and `-` as `_`).
-    #[serde(default)]
-    pub upstream_name: Option<String>,
-    /// nginx: checks the configuration (default `["nginx", "-t"]`).
-    #[serde(default)]
-    pub test_command: Option<Vec<String>>,
-    /// nginx: reloads gracefully (default `["nginx", "-s", "reload"]`).
-    #[serde(default)]
-    pub reload_command: Option<Vec<String>>,
-    /// command: the program and its arguments, run without a shell.
-    #[serde(default)]
-    pub command: Option<Vec<String>>,
-    /// command and none: where the driver records the upstream it switched to (default
-    /// `{state_dir}/{app}/{env}.upstream.json`).
-    #[serde(default)]
-    pub state_file: Option<PathBuf>,
-    /// nginx and command: how long one command may run (default 30 s).
-    #[serde(default, deserialize_with = "de_opt_duration")]
-    pub timeout: Option<Duration>,
-}
-
-/// A validated traffic driver configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DriverConfig {
-    Nginx {
-        upstream_file: PathBuf,
-        upstream_name: String,
-        test_command: Vec<String>,
-        reload_command: Vec<String>,
-        timeout: Duration,
-    },
-    Command {
-        command: Vec<String>,
-        state_file: Option<PathBuf>,
-        timeout: Duration,
-    },
-    None {
-        state_file: Option<PathBuf>,
-    },
-}
-
-/// How long a driver's command may run when `traffic.timeout` is not set.
-pub const DEFAULT_DRIVER_TIMEOUT: Duration = Duration::from_secs(30);
-
-impl TrafficConfig {
-    pub fn nginx(upstream_file: impl Into<PathBuf>) -> Self {
-        TrafficConfig { driver: "nginx".into(), upstream_file: Some(upstream_file.into()), ..Default::default() }
-    }
-
-    pub fn command(argv: Vec<String>) -> Self {
-        TrafficConfig { driver: "command".into(), command: Some(argv), ..Default::default() }
-    }
-
-    pub fn none() -> Self {
-        TrafficConfig { driver: "none".into(), ..Default::default() }
-    }
-
-    /// Checks the settings against the driver they are for.
-    pub fn driver(&self, app: &AppName, env: &EnvName) -> Result<DriverConfig, SpecError> {
-        let unused = |field: &str, value_set: bool, driver: &str| -> Result<(), SpecError> {
-            if value_set {
-                Err(SpecError::new(
-                    format!("traffic.{field}"),
-                    format!("not used by driver = \"{driver}\"; remove it, or pick the driver it belongs to"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        let timeout = self.timeout.unwrap_or(DEFAULT_DRIVER_TIMEOUT);
-        if timeout.is_zero() {
-            return Err(SpecError::new("traffic.timeout", "must be more than 0; e.g. \"30s\""));
-        }
-        match self.driver.as_str() {
-            "nginx" => {
-                unused("command", self.command.is_some(), "nginx")?;
-                unused("state_file", self.state_file.is_some(), "nginx")?;
-                let Some(upstream_file) = self.upstream_file.clone().filter(|p| !p.as_os_str().is_empty()) else {
-                    return Err(SpecError::new(
-                        "traffic.upstream_file",
-                        "missing; the nginx driver needs the path of the upstream file your nginx config includes, e.g. upstream_file = \"/etc/nginx/s3dock/web-production.conf\"",
-                    ));
-                };
-                if upstream_file.file_name().is_none() {
-                    return Err(SpecError::new("traffic.upstream_file", "must name a file, not a directory"));
-                }
-                let upstream_name = match &self.upstream_name {
-                    Some(name) => {
-                        let ok = !name.is_empty()
-                            && name.len() <= 128
-                            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-                        if !ok {
-                            return Err(SpecError::new(
-                                "traffic.upstream_name",
-                                format!(
-                                    "{name:?} is not an nginx upstream name; use letters, digits, '_', '.' and '-'"
-                                ),
-                            ));
-                        }
-                        name.clone()
-                    }
-                    None => default_upstream_name(app, env),
-                };
-                let test_command = command_or("traffic.test_command", &self.test_command, &["nginx", "-t"])?;
-                let reload_command =
-                    command_or("traffic.reload_command", &self.reload_command, &["nginx", "-s", "reload"])?;
-                Ok(DriverConfig::Nginx { upstream_file, upstream_name, test_command, reload_command, timeout })
-            }
-            "command" => {
-                for (field, set) in [
-                    ("upstream_file", self.upstream_file.is_some()),
-                    ("upstream_name", self.upstream_name.is_some()),
-                    ("test_command", self.test_command.is_some()),
-                    ("reload_command", self.reload_command.is_some()),
-                ] {
-                    unused(field, set, "command")?;
-                }
-                let command = match &self.command {
-                    Some(argv) if !argv.is_empty() && !argv[0].is_empty() => argv.clone(),
-                    _ => {
-                        return Err(SpecError::new(
-                            "traffic.command",
-                            "missing; the command driver needs the program to run, e.g. command = [\"/usr/local/bin/switch-lb\"]",
-                        ));
-                    }
-                };
-                Ok(DriverConfig::Command { command, state_file: self.state_file.clone(), timeout })
-            }
-            "none" => {
-                for (field, set) in [
-                    ("upstream_file", self.upstream_file.is_some()),
-                    ("upstream_name", self.upstream_name.is_some()),
-                    ("test_command", self.test_command.is_some()),
-                    ("reload_command", self.reload_command.is_some()),
-                    ("command", self.command.is_some()),
-                    ("timeout", self.timeout.is_some()),
-                ] {
-                    unused(field, set, "none")?;
-                }
-                Ok(DriverConfig::None { state_file: self.state_file.clone() })
-            }
-            other => Err(SpecError::new(
-                "traffic.driver",
-                format!("{other:?} is not a driver s3dock knows; use \"nginx\", \"command\" or \"none\""),
-            )),
-        }
-    }
-}
-
-fn command_or(field: &str, given: &Option<Vec<String>>, default: &[&str]) -> Result<Vec<String>, SpecError> {
-    match given {
-        None => Ok(default.iter().map(|s| (*s).to_owned()).collect()),
-        Some(argv) if !argv.is_empty() && !argv[0].is_empty() => Ok(argv.clone()),
-        Some(_) => {
-            Err(SpecError::new(field, "is empty; give the program and its arguments, or remove it for the default"))
-        }
-    }
-}
-
-/// `s3dock_{app}_{env}` with `.` and `-` turned into `_`.
-pub fn default_upstream_name(app: &AppName, env: &EnvName) -> String {
-    format!("s3dock_{app}_{env}").replace(['.', '-'], "_")
-}
-
 /// What one (app, env) runs on this host. See the module doc and `docs/agent.md`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -371,6 +204,11 @@ pub struct DeploySpec {
     /// `health.successes` consecutive 2xx within `verify_deadline`, or the switch is undone.
     #[serde(default)]
     pub verify_url: Option<String>,
+    /// The `Host` header of the verification requests (a virtual host behind nginx); the
+    /// address of `verify_url` when unset.
+    #[serde(default)]
+    pub verify_host: Option<String>,
+    /// How long the proof that the switch took effect may take, and then the verification.
     #[serde(default = "default_verify_deadline", deserialize_with = "de_duration")]
     pub verify_deadline: Duration,
     /// The traffic driver; required by [`crate::deploy::traffic_switch`].
@@ -425,6 +263,7 @@ impl DeploySpec {
             stop_timeout: default_stop_timeout(),
             keep_images: default_keep_images(),
             verify_url: None,
+            verify_host: None,
             verify_deadline: default_verify_deadline(),
             traffic: None,
             instance: None,
@@ -435,7 +274,7 @@ impl DeploySpec {
     /// the color when the spec has one.
     pub fn container_name(&self, color: Color) -> String {
         match &self.instance {
-            None => super::deployer::container_name(&self.app, &self.env, color),
+            None => super::container_name(&self.app, &self.env, color),
             Some(i) => format!("s3dock-{}-{}-{i}-{color}", self.app, self.env),
         }
     }
@@ -552,8 +391,25 @@ impl DeploySpec {
         }
         if let Some(url) = &self.verify_url {
             HttpTarget::parse_url(url).map_err(|m| SpecError::new("verify_url", m))?;
-            if self.verify_deadline.is_zero() {
-                return err("verify_deadline", "must be more than 0; e.g. \"10s\"".into());
+        }
+        if self.verify_deadline.is_zero() {
+            return err(
+                "verify_deadline",
+                "must be more than 0: the proof of a switch is waited for that long; e.g. \"10s\"".into(),
+            );
+        }
+        if let Some(host) = &self.verify_host {
+            let ok = !host.is_empty()
+                && host.len() <= 255
+                && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'));
+            if !ok {
+                return err(
+                    "verify_host",
+                    format!("{host:?} is not a Host header; give a host name such as \"www.example.com\""),
+                );
+            }
+            if self.verify_url.is_none() {
+                return err("verify_host", "is only used with verify_url; set verify_url or remove it".into());
             }
         }
         if let Some(traffic) = &self.traffic {
@@ -575,6 +431,32 @@ impl DeploySpec {
             }
         }
         Ok(())
+    }
+
+    /// Settings that are valid but risky, each one line saying what to change. Printed by the
+    /// agent at start, by `s3dock-agent --check` and by `s3dock deploy`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let nginx = self.traffic.as_ref().is_some_and(|t| t.driver == "nginx");
+        if nginx && self.drain.is_zero() {
+            out.push(
+                "drain = \"0s\" with the nginx driver: `nginx -s reload` returns before the old workers stop routing to the old container, so it is removed under requests in flight; give it a few seconds, e.g. drain = \"5s\"".to_owned(),
+            );
+        }
+        if let Some(traffic) = &self.traffic
+            && let Ok(driver) = traffic.driver(&self.app, &self.env)
+        {
+            match driver {
+                DriverConfig::Nginx { probe: None, .. } => out.push(
+                    "traffic.probe = \"off\": s3dock cannot ask the running nginx whether a reload took effect, and takes the file it wrote for what routes; remove it to use the default probe address".to_owned(),
+                ),
+                DriverConfig::Command { check_command: None, .. } => out.push(
+                    "traffic.check_command is not set: s3dock takes the command's exit status for proof that traffic moved; give a command that prints the upstream the load balancer really routes to".to_owned(),
+                ),
+                _ => {}
+            }
+        }
+        out
     }
 
     /// The address health checks and upstreams use: `bind`, or the loopback address of its
@@ -601,234 +483,6 @@ impl DeploySpec {
         }
         Ok(vars.into_iter().collect())
     }
-}
-
-fn is_env_key(key: &str) -> bool {
-    let mut chars = key.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn check_volume(volume: &str) -> Result<(), SpecError> {
-    let parts: Vec<&str> = volume.split(':').collect();
-    let ok = matches!(parts.len(), 2 | 3) && !parts[0].is_empty() && parts[1].starts_with('/');
-    if ok {
-        Ok(())
-    } else {
-        Err(SpecError::new(
-            "volumes",
-            format!(
-                "{volume:?} is not SOURCE:/container/path[:options]; e.g. \"/srv/web/data:/data\" or \"web-cache:/cache:ro\""
-            ),
-        ))
-    }
-}
-
-/// Reads a `KEY=VALUE` file. Values are taken literally (no quote removal, as Docker's
-/// `--env-file` does). Errors name the line, never its content: it may hold a secret.
-pub fn read_env_file(path: &Path) -> Result<Vec<(String, Secret)>, SpecError> {
-    let field = format!("env_file {}", path.display());
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        SpecError::new(&field, format!("cannot read it ({e}); create it or fix env_file (KEY=VALUE lines)"))
-    })?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(SpecError::new(&field, format!("line {} is not KEY=VALUE; fix or remove it", n + 1)));
-        };
-        let key = key.trim_end();
-        if !is_env_key(key) {
-            return Err(SpecError::new(
-                &field,
-                format!("line {} does not start with a variable name (letters, digits and '_'); fix it", n + 1),
-            ));
-        }
-        out.push((key.to_owned(), Secret::new(value)));
-    }
-    Ok(out)
-}
-
-/// `http://host:port/path`: where `verify_url` sends its requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpTarget {
-    pub host: String,
-    pub port: u16,
-    /// Starts with `/`, query included.
-    pub path: String,
-}
-
-impl HttpTarget {
-    /// Parses an `http://` URL (no TLS, no user info).
-    pub fn parse_url(url: &str) -> Result<Self, String> {
-        let bad = |why: &str| Err(format!("{url:?} {why}; write http://HOST:PORT/PATH, e.g. http://127.0.0.1:80/"));
-        let Some(rest) = url.strip_prefix("http://") else {
-            return bad("is not an http:// URL");
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.contains('@') {
-            return bad("has user info");
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            match v6.split_once(']') {
-                Some((h, "")) => (h, 80),
-                Some((h, p)) => match p.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()) {
-                    Some(port) => (h, port),
-                    None => return bad("has a bad port"),
-                },
-                None => return bad("has an unclosed '['"),
-            }
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => match p.parse::<u16>() {
-                    Ok(port) => (h, port),
-                    Err(_) => return bad("has a bad port"),
-                },
-                None => (authority, 80),
-            }
-        };
-        if host.is_empty() || port == 0 || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return bad("is not a usable address");
-        }
-        Ok(HttpTarget { host: host.to_owned(), port, path: path.to_owned() })
-    }
-}
-
-/// `500ms`, `2s`, `1.5m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "" => return Err(format!("{s:?} has no unit; write e.g. \"500ms\", \"5s\" or \"1m\"")),
-        other => return Err(format!("{s:?} has the unknown unit {other:?}; use ms, s, m or h")),
-    };
-    let value: f64 = number.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. \"500ms\" or \"5s\""))?;
-    let secs = value * scale;
-    if !secs.is_finite() || secs > 7.0 * 24.0 * 3600.0 {
-        return Err(format!("{s:?} is longer than a week"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// A duration for messages: `500ms`, `2s`, `1.5s`.
-pub fn show_duration(d: Duration) -> String {
-    if d.subsec_millis() != 0 && d.as_secs() == 0 {
-        format!("{}ms", d.as_millis())
-    } else if d.subsec_millis() != 0 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        format!("{}s", d.as_secs())
-    }
-}
-
-/// `512m`, `1g`, `64k`, `1048576` (bytes); binary units, an optional `b`/`ib` suffix.
-pub fn parse_memory(s: &str) -> Result<u64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let split = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
-    let (number, unit) = lower.split_at(split);
-    let unit = unit.trim();
-    let unit = unit.strip_suffix("ib").or_else(|| unit.strip_suffix('b')).unwrap_or(unit);
-    let scale: u64 = match unit {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        _ => return Err(format!("{s:?} is not a memory size; write e.g. \"256m\" or \"1g\"")),
-    };
-    let n: u64 = number.parse().map_err(|_| format!("{s:?} is not a memory size; write e.g. \"256m\" or \"1g\""))?;
-    n.checked_mul(scale).ok_or_else(|| format!("{s:?} is too large"))
-}
-
-/// `no`, `always`, `unless-stopped`, `on-failure`, `on-failure:N`.
-pub fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
-    match s {
-        "no" => Ok(RestartPolicy::No),
-        "always" => Ok(RestartPolicy::Always),
-        "unless-stopped" => Ok(RestartPolicy::UnlessStopped),
-        "on-failure" => Ok(RestartPolicy::OnFailure { max_retries: 0 }),
-        other => match other.strip_prefix("on-failure:").and_then(|n| n.parse().ok()) {
-            Some(max_retries) => Ok(RestartPolicy::OnFailure { max_retries }),
-            None => Err(format!(
-                "{other:?} is not a restart policy; use \"no\", \"always\", \"unless-stopped\" or \"on-failure[:N]\""
-            )),
-        },
-    }
-}
-
-struct DurationVisitor;
-
-impl Visitor<'_> for DurationVisitor {
-    type Value = Duration;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a duration with a unit, such as \"500ms\" or \"5s\"")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-        parse_duration(v).map_err(E::custom)
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-        Err(E::custom(format!("{v} has no unit; write it as a string with one, e.g. \"{v}s\" or \"{v}ms\"")))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-        Err(E::custom(format!("{v} has no unit; write it as a string with one, e.g. \"{v}s\" or \"{v}ms\"")))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
-        Err(E::custom(format!("{v} has no unit; write it as a string with one, e.g. \"{v}s\"")))
-    }
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    d.deserialize_any(DurationVisitor)
-}
-
-fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    d.deserialize_any(DurationVisitor).map(Some)
-}
-
-struct MemoryVisitor;
-
-impl Visitor<'_> for MemoryVisitor {
-    type Value = u64;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a memory size such as \"256m\" or a byte count")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
-        parse_memory(v).map_err(E::custom)
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
-        Ok(v)
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
-        u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative; write e.g. \"256m\"")))
-    }
-}
-
-fn de_opt_memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    d.deserialize_any(MemoryVisitor).map(Some)
-}
-
-fn de_restart<'de, D: Deserializer<'de>>(d: D) -> Result<RestartPolicy, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_restart(&s).map_err(de::Error::custom)
 }
 
 #[cfg(test)]

@@ -17,11 +17,11 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use s3dock_core::docs::DeployOutcome;
-use s3dock_core::names::{AppName, EnvName};
+use s3dock_core::names::{AppName, EnvName, ImageRef};
 use serde::{Deserialize, Serialize};
 
 use super::spec::{Color, DeploySpec};
@@ -78,7 +78,34 @@ pub struct Slot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
     /// `app:tag`.
-    pub image: String,
+    #[serde(with = "image_ref_text")]
+    pub image: ImageRef,
+    /// The engine's id of the image the container runs (`sha256:...`): what tells a re-pushed
+    /// tag apart from the content already running under the same name. Absent in state files
+    /// of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+}
+
+impl Slot {
+    pub fn new(color: Color, container_id: Option<String>, image: ImageRef) -> Self {
+        Slot { color, container_id, image, image_id: None }
+    }
+}
+
+/// An [`ImageRef`] as its `app:tag` text.
+mod image_ref_text {
+    use s3dock_core::names::ImageRef;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(image: &ImageRef, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(image)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ImageRef, D::Error> {
+        let text = String::deserialize(d)?;
+        ImageRef::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The state file of one (app, env).
@@ -104,6 +131,10 @@ pub struct DeployState {
     /// When traffic last moved, for the remaining drain grace after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switched_at: Option<DateTime<Utc>>,
+    /// Since when the container serving now has had the traffic (unchanged by deploys that
+    /// failed), for the agent's registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_since: Option<DateTime<Utc>>,
     /// The outcome of the last deploy, for the agent's state report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_deploy: Option<DeployOutcome>,
@@ -123,6 +154,7 @@ impl DeployState {
             started_at: None,
             pointer_seq: None,
             switched_at: None,
+            serving_since: None,
             last_deploy: None,
             updated_at: now,
         }
@@ -254,16 +286,30 @@ pub struct ServiceLock {
 /// `None` when someone else still holds it then. The lock lives as long as the returned file:
 /// the kernel drops it when the file is closed, including when its process dies. Two opens in
 /// the same process exclude each other too (flock locks belong to the open file).
+///
+/// A lock file another user created (root running `s3dock deploy` by hand on an agent's host)
+/// may not be writable by this one: an `flock` needs no write access, so it is opened
+/// read-only then. Files root creates are given to the owner of their directory anyway
+/// ([`follow_owner`]).
 pub async fn lock_file(path: &Path, wait: Duration) -> io::Result<Option<File>> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        create_dir_following_owner(dir)?;
     }
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
-    let deadline = Instant::now() + wait;
+    let file = match OpenOptions::new().create(true).truncate(false).write(true).open(path) {
+        Ok(file) => {
+            follow_owner(path);
+            file
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && path.exists() => File::open(path)?,
+        Err(e) => return Err(e),
+    };
+    // Real time: the lock is an OS resource its holder releases in real time (even when the
+    // caller's clock is a paused test clock).
+    let deadline = std::time::Instant::now() + wait;
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(Some(file)),
-            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(TryLockError::WouldBlock) => return Ok(None),
@@ -272,12 +318,44 @@ pub async fn lock_file(path: &Path, wait: Duration) -> io::Result<Option<File>> 
     }
 }
 
+/// Gives `path` to the owner of its directory when they differ. Only root can give a file
+/// away, and only root creates files in a directory it does not own here: a hand-run
+/// `sudo s3dock deploy` on a host whose agent runs as `s3dock`. Without this, the agent could
+/// no longer open the lock or replace the state file root left behind. For anyone else the
+/// `chown` is refused, harmlessly.
+pub fn follow_owner(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }) else { return };
+    let (Ok(owner), Ok(meta)) = (std::fs::metadata(dir), std::fs::symlink_metadata(path)) else { return };
+    if owner.uid() != meta.uid() || owner.gid() != meta.gid() {
+        let _ = std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()));
+    }
+}
+
+/// `create_dir_all`, each directory it creates given to its parent's owner.
+fn create_dir_following_owner(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_following_owner(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {
+            follow_owner(dir);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Replaces `path` with `bytes` so that a reader (or a restart after a crash) sees the old
 /// content or the new, never a mix: write a temporary file beside it, fsync it, rename it over
 /// `path`, then fsync the directory so the rename itself survives a power loss.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    create_dir_following_owner(dir)?;
     let name = path.file_name().ok_or_else(|| io::Error::other(format!("{} names no file", path.display())))?;
     let tmp = dir.join(format!(
         ".{}.s3dock-tmp-{}-{}",
@@ -291,6 +369,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         file.sync_all()?;
         drop(file);
         std::fs::rename(&tmp, path)?;
+        follow_owner(path);
         File::open(dir)?.sync_all()
     })();
     if result.is_err() {
@@ -312,6 +391,8 @@ pub fn remove_durably(path: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     fn names() -> (AppName, EnvName) {
@@ -326,7 +407,8 @@ mod tests {
         assert!(files.load().unwrap().is_none());
         let mut state = DeployState::empty(&app, &env, Utc::now());
         state.phase = Phase::HealthCheck;
-        state.new = Some(Slot { color: Color::Green, container_id: Some("abc".into()), image: "web:x".into() });
+        state.new =
+            Some(Slot::new(Color::Green, Some("abc".into()), ImageRef::parse("web:20250721-2118-f7a5a27").unwrap()));
         files.save(&state).unwrap();
         assert_eq!(files.load().unwrap().unwrap(), state);
         assert_eq!(state.slot(Color::Green).unwrap().container_id.as_deref(), Some("abc"));
@@ -371,5 +453,34 @@ mod tests {
         remove_durably(&path).unwrap();
         remove_durably(&path).unwrap();
         assert!(!path.exists());
+    }
+
+    /// `sudo s3dock deploy` on a host whose agent runs as another user: what root creates in the
+    /// state directory belongs to the directory's owner, and a lock file the agent cannot write
+    /// is still a lock it can take.
+    #[tokio::test]
+    async fn files_root_leaves_behind_stay_usable_by_the_directorys_owner() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (app, env) = names();
+        let files = StateFiles::new(dir.path(), &app, &env);
+        let as_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+        if as_root {
+            // The state directory belongs to the agent's user (any other uid will do).
+            std::os::unix::fs::chown(dir.path(), Some(4242), Some(4242)).unwrap();
+        }
+        let _held = files.lock_service(Duration::ZERO).await.unwrap();
+        files.save(&DeployState::empty(&app, &env, Utc::now())).unwrap();
+        for path in [files.state(), files.lock(), files.state().parent().unwrap().to_path_buf()] {
+            let owner = std::fs::metadata(dir.path()).unwrap().uid();
+            assert_eq!(std::fs::metadata(&path).unwrap().uid(), owner, "{}", path.display());
+        }
+        drop(_held);
+        // A lock file nobody may write: flock works on a read-only descriptor.
+        std::fs::set_permissions(files.lock(), std::fs::Permissions::from_mode(0o444)).unwrap();
+        let other = StateFiles::new(dir.path(), &app, &env);
+        let held = other.lock_service(Duration::ZERO).await.unwrap();
+        assert!(files.lock_service(Duration::ZERO).await.is_err(), "still exclusive");
+        drop(held);
     }
 }

@@ -557,6 +557,7 @@ async fn a_deploy_killed_at_any_step_converges() {
                     test_command: vec!["true".into()],
                     reload_command: vec!["true".into()],
                     timeout: Duration::from_secs(5),
+                    probe: None,
                 });
                 let up = s3dock_engine::Upstream {
                     host: "127.0.0.1".into(),
@@ -754,4 +755,199 @@ async fn shutdown_stops_a_deploy_at_a_safe_point() {
     let recovered = restarted.recover(&svc.spec, &CancellationToken::new()).await.unwrap();
     assert_eq!(recovered.found, Phase::Draining);
     svc.assert_one_serving(&v2, "", None).await;
+}
+
+/// The issue's worst case against the real engine and nginx: the deployer killed while
+/// draining, and at the restart *neither* container passes its health check (a database
+/// outage: the health path answers 404 for both). The old deployer removed the container nginx
+/// routed to and went idle; the next deploy removed the other: nothing served. Now the serving
+/// container keeps its traffic, requests through nginx keep succeeding, and when health comes
+/// back the service converges on the new image, alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_during_draining_with_both_unhealthy_keeps_the_serving_container() {
+    let engine = engine_or_skip!();
+    nginx_or_skip!();
+    let (_nginx_dir, nginx) = start_nginx(UPSTREAM, free_port()).await;
+    // The health path lives on a directory both colors mount: removing its file is an outage
+    // of every container at once.
+    let health_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(health_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ok_file = health_dir.path().join("ok.html");
+    std::fs::write(&ok_file, "ok\n").unwrap();
+    let mut svc = Service::new(&engine, nginx_traffic(&nginx));
+    svc.spec.volumes = vec![format!("{}:/www/h:ro", health_dir.path().display())];
+    svc.spec.health.path = "/h/ok.html".into();
+    svc.spec.health.deadline = Duration::from_secs(3);
+    svc.spec.drain = Duration::from_secs(30);
+    let app = svc.app.clone();
+    let v1 = good_image(&engine, &svc.cleanup, &app, "20250701-1000-a100001", "outage one").await;
+    let v2 = good_image(&engine, &svc.cleanup, &app, "20250702-1000-a100002", "outage two").await;
+    assert_eq!(svc.deploy(&v1).await.result, DeployResult::Succeeded);
+    svc.assert_one_serving(&v1, "outage one", Some(&nginx)).await;
+
+    // Killed while draining v1 (traffic is on v2).
+    let hit = Arc::new(tokio::sync::Notify::new());
+    let (deployer, _) = svc.deployer();
+    let deployer = Arc::new(deployer.with_observer(Arc::new(CrashAt {
+        matches: |e| matches!(e, DeployEvent::Phase { phase: Phase::Draining, .. }),
+        hit: hit.clone(),
+    })));
+    let task = {
+        let (deployer, spec, req) = (deployer.clone(), svc.spec.clone(), DeployRequest::new(v2.clone()));
+        tokio::spawn(async move { deployer.deploy(&spec, &req, &CancellationToken::new()).await })
+    };
+    tokio::time::timeout(Duration::from_secs(60), hit.notified()).await.expect("reached draining");
+    task.abort();
+    let _ = task.await;
+    drop(deployer);
+    let serving = svc.deployer().0.state(&svc.spec).unwrap().unwrap().new.expect("v2 is the new slot");
+    let serving_name = container_name(&svc.spec.app, &svc.spec.env, serving.color);
+    let serving_id = engine.inspect_container(&serving_name).await.unwrap().unwrap().id;
+    assert_serves(nginx.port, "outage two").await;
+
+    // The outage: both containers fail their health check. The agent restarts meanwhile.
+    std::fs::remove_file(&ok_file).unwrap();
+    let load = Load::start(nginx.port, &["outage two"], 4, 30);
+    let (restarted, _) = svc.deployer();
+    let recovered = restarted.recover(&svc.spec, &CancellationToken::new()).await.unwrap();
+    eprintln!("recovered during the outage: {recovered:?}");
+    assert_eq!(recovered.found, Phase::Draining);
+    assert_eq!(recovered.serving, Some(serving.color));
+    let during =
+        restarted.converge(&svc.spec, &DeployRequest::new(v2.clone()), &CancellationToken::new()).await.unwrap();
+    eprintln!("converge during the outage: {} ({:?})", during.result, during.message);
+    assert_eq!(during.result, DeployResult::Failed, "a fresh container cannot pass during the outage");
+    let (count, elapsed) = load.finish().await;
+    eprintln!(
+        "load during the outage: {} ok, {} failed in {:.1}s; failures: {:?}",
+        count.ok,
+        count.failed,
+        elapsed.as_secs_f64(),
+        count.failures
+    );
+    let still = engine.inspect_container(&serving_name).await.unwrap().expect("the serving container is kept");
+    assert_eq!(still.id, serving_id);
+    assert!(still.running);
+    assert_eq!(count.failed, 0, "requests through nginx failed while nothing was healthy: {:?}", count.failures);
+    assert!(count.ok > 0);
+
+    // Health comes back: the service converges, alone on v2, serving through nginx.
+    std::fs::write(&ok_file, "ok\n").unwrap();
+    let after = svc.deploy(&v2).await;
+    assert!(matches!(after.result, DeployResult::Unchanged | DeployResult::Succeeded), "{after:?}");
+    svc.assert_one_serving(&v2, "outage two", Some(&nginx)).await;
+}
+
+/// The bar kept from the measurements: not one failed request through nginx at 100 requests
+/// per second or more, across four switches in a row (each proven by the running nginx and
+/// verified through it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_switches_under_load_without_a_failed_request() {
+    let engine = engine_or_skip!();
+    nginx_or_skip!();
+    let (_nginx_dir, nginx) = start_nginx(UPSTREAM, free_port()).await;
+    let mut svc = Service::new(&engine, nginx_traffic(&nginx));
+    svc.spec.verify_url = Some(nginx.url("/ready.html"));
+    svc.spec.drain = Duration::from_secs(2);
+    let v1 = good_image(&engine, &svc.cleanup, &svc.app, "20250701-1000-a200001", "switch one").await;
+    let v2 = good_image(&engine, &svc.cleanup, &svc.app, "20250702-1000-a200002", "switch two").await;
+    assert_eq!(svc.deploy(&v1).await.result, DeployResult::Succeeded);
+    svc.assert_one_serving(&v1, "switch one", Some(&nginx)).await;
+
+    let load = Load::start(nginx.port, &["switch one", "switch two"], 4, 40);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut switches = 0;
+    for target in [&v2, &v1, &v2, &v1] {
+        let report = svc.deploy(target).await;
+        assert_eq!(report.result, DeployResult::Succeeded, "{report:?}");
+        switches += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (count, elapsed) = load.finish().await;
+    let rps = count.total() as f64 / elapsed.as_secs_f64();
+    eprintln!(
+        "{switches} switches under load: {} ok, {} failed in {:.1}s = {rps:.0} requests/s; saw {:?}; failures: {:?}",
+        count.ok,
+        count.failed,
+        elapsed.as_secs_f64(),
+        count.seen,
+        count.failures
+    );
+    assert_eq!(count.failed, 0, "failed requests across {switches} switches: {:?}", count.failures);
+    assert!(rps >= 100.0, "only {rps:.0} requests/s");
+    assert_eq!(count.seen.len(), 2);
+    svc.assert_one_serving(&v1, "switch one", Some(&nginx)).await;
+}
+
+/// A reload that reports success and changes nothing (here `true` instead of `nginx -s
+/// reload`): the file on disk names the new color, the running nginx does not. Verification
+/// used to pass on the old container's answers and the drain then removed the container that
+/// still had the traffic. The proof asks the running nginx: the deploy fails and the old
+/// container keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_that_changes_nothing_fails_the_deploy_and_the_old_container_keeps_serving() {
+    let engine = engine_or_skip!();
+    nginx_or_skip!();
+    let (_nginx_dir, nginx) = start_nginx(UPSTREAM, free_port()).await;
+    let mut svc = Service::new(&engine, nginx_traffic(&nginx));
+    svc.spec.verify_url = Some(nginx.url("/ready.html"));
+    svc.spec.verify_deadline = Duration::from_secs(3);
+    let v1 = good_image(&engine, &svc.cleanup, &svc.app, "20250701-1000-a300001", "honest one").await;
+    let v2 = good_image(&engine, &svc.cleanup, &svc.app, "20250702-1000-a300002", "unseen two").await;
+    assert_eq!(svc.deploy(&v1).await.result, DeployResult::Succeeded);
+    svc.assert_one_serving(&v1, "honest one", Some(&nginx)).await;
+
+    let honest = svc.spec.traffic.clone();
+    if let Some(t) = &mut svc.spec.traffic {
+        t.reload_command = Some(vec!["true".into()]);
+    }
+    let load = Load::start(nginx.port, &["honest one"], 2, 30);
+    let report = svc.deploy(&v2).await;
+    let (count, _) = load.finish().await;
+    assert_eq!(report.result, DeployResult::RolledBack, "{report:?}");
+    let msg = report.message.clone().unwrap();
+    assert!(msg.contains("traffic does not go there"), "{msg}");
+    assert_eq!(count.failed, 0, "{:?}", count.failures);
+    svc.spec.traffic = honest;
+    svc.assert_one_serving(&v1, "honest one", Some(&nginx)).await;
+    let (_, traffic) = svc.deployer();
+    assert_eq!(traffic.routed().await.unwrap().unwrap().color, traffic.current().await.unwrap().unwrap().color);
+}
+
+/// An image carrying `io.s3dock.instance` itself: Docker gives its containers that label unless
+/// they set it, so they looked like another instance's and every later deploy (rollbacks
+/// included) was refused until someone removed them by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_images_own_instance_label_does_not_block_later_deploys() {
+    let engine = engine_or_skip!();
+    let svc = Service::new(&engine, |_, _| TrafficConfig::none());
+    let labelled = |tag: &'static str, marker: &'static str| {
+        let (engine, cleanup, app) = (&engine, &svc.cleanup, svc.app.clone());
+        async move {
+            let page = format!("<h1>{marker}</h1>\n");
+            let cmd = r#"["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]"#;
+            let dockerfile = format!(
+                "FROM scratch\n{}LABEL io.s3dock.instance=\"someone-else\"\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD {cmd}\n",
+                isolating_label(&app)
+            );
+            let files = vec![
+                ("Dockerfile".to_owned(), dockerfile.into_bytes()),
+                ("busybox".to_owned(), busybox()),
+                ("www/index.html".to_owned(), page.into_bytes()),
+                ("www/health.html".to_owned(), b"ok\n".to_vec()),
+            ];
+            let image = ImageRef::parse(&format!("{app}:{tag}")).unwrap();
+            cleanup.image(image.to_string());
+            build_from_files(engine, &image.to_string(), &files).await;
+            image
+        }
+    };
+    let v1 = labelled("20250701-1000-a400001", "label one").await;
+    let v2 = labelled("20250702-1000-a400002", "label two").await;
+    assert_eq!(svc.deploy(&v1).await.result, DeployResult::Succeeded);
+    assert_eq!(svc.deploy(&v2).await.result, DeployResult::Succeeded, "the first container is not foreign");
+    assert_eq!(svc.deploy(&v1).await.result, DeployResult::Succeeded, "a rollback neither");
+    svc.assert_one_serving(&v1, "", None).await;
+    let c = &svc.containers().await[0];
+    assert_eq!(c.labels[s3dock_engine::deploy::LABEL_INSTANCE], "", "set by s3dock, not inherited");
 }

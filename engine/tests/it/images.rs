@@ -33,6 +33,14 @@ async fn save_then_load_keeps_the_image_id() {
     assert_eq!(loaded.references, [reference.as_str()]);
     let info = engine.inspect_image(&reference).await.unwrap().expect("loaded");
     assert_eq!(info.id, id);
+
+    // A load sets no tag time; a tag does: what tells image garbage collection an image was
+    // just pulled (s3dock's pull tags what it brings in).
+    assert!(info.last_tagged.is_none(), "{info:?}");
+    let (repo_name, tag) = reference.rsplit_once(':').unwrap();
+    engine.tag_image(&id, repo_name, tag).await.unwrap();
+    let tagged = engine.inspect_image(&reference).await.unwrap().unwrap().last_tagged.expect("a tag time");
+    assert!((chrono::Utc::now() - tagged).num_seconds().abs() < 120, "{tagged}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

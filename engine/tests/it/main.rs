@@ -10,6 +10,8 @@ mod support;
 mod build;
 mod containers;
 mod deploy;
+mod deploy_exhaustive;
+mod deploy_fake;
 mod images;
 mod ship;
 mod version;

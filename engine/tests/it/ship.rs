@@ -46,7 +46,7 @@ async fn build_app(engine: &BollardEngine, app: &str, marker: &str) -> (Fixture,
 }
 
 fn push_req(image: &ImageRef) -> PushRequest {
-    PushRequest { image: image.clone(), git: None, gzip: GzipOptions::default() }
+    PushRequest { image: image.clone(), git: None, gzip: GzipOptions::default(), force: false }
 }
 
 async fn fetch(port: u16) -> String {
@@ -233,6 +233,45 @@ async fn a_corrupted_archive_loads_nothing() {
     assert!(engine.inspect_image(&image.to_string()).await.unwrap().is_none(), "nothing was loaded");
 }
 
+/// Regression: an archive cut inside a gzip member whose metadata matches it (a push of a
+/// truncated stream, or metadata rewritten to match) verified, then failed in gunzip with
+/// UnexpectedEof, which was reported as "unavailable" (exit 6, retry) instead of corrupt (5).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archive_cut_short_whose_checksum_matches_is_corrupt_not_unavailable() {
+    use s3dock_core::docs::{self, ImageMetadata};
+    use s3dock_core::store::{Precondition, read_small};
+    let engine = engine_or_skip!();
+    let cleanup = Cleanup::new(&engine);
+    let (_dir, store, reg) = local_registry();
+    let app = unique_repo();
+    let (_fx, image, _) = build_app(&engine, &app, "cut me short").await;
+    cleanup.image(image.to_string());
+    ship::push(&engine, &reg, &push_req(&image), &Progress::default(), &CancellationToken::new()).await.unwrap();
+    reg.tag(&image, &Version::parse("1.0.0").unwrap(), false).await.unwrap();
+    engine.remove_image(&image.to_string(), true).await.unwrap();
+
+    let archive = s3dock_core::layout::image_archive(&image.app, &image.tag);
+    let meta_key = s3dock_core::layout::image_metadata(&image.app, &image.tag);
+    let bytes = std::fs::read(store.path_of(&archive)).unwrap();
+    let cut = bytes[..bytes.len() * 2 / 3].to_vec();
+    let d = s3dock_core::digest::digest_reader(&cut[..]).unwrap();
+    let info = store.put_bytes(&archive, cut.into(), Precondition::None).await.unwrap();
+    let (raw, _) = read_small(&*store, &meta_key, 1 << 20).await.unwrap().unwrap();
+    let mut meta: ImageMetadata = docs::decode(meta_key.as_str(), &raw).unwrap();
+    (meta.checksum, meta.sha256, meta.size, meta.archive_etag) = (d.md5, Some(d.sha256), d.size, Some(info.etag.0));
+    store.put_bytes(&meta_key, docs::encode(&meta).into(), Precondition::None).await.unwrap();
+
+    let req = PullRequest {
+        app: image.app.clone(),
+        target: PullTarget::Version(Version::parse("1.0.0").unwrap()),
+        keep: None,
+    };
+    let err = ship::pull(&engine, &reg, &req, &Progress::default()).await.unwrap_err();
+    assert!(matches!(err, ShipError::Integrity { .. }), "{err:?}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(engine.inspect_image(&image.to_string()).await.unwrap().is_none(), "nothing was loaded");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn push_refuses_what_it_cannot_vouch_for() {
     let engine = engine_or_skip!();
@@ -324,4 +363,76 @@ async fn pull_keep_removes_old_unused_images() {
         "among the newest 2"
     );
     assert!(engine.inspect_image(&image.to_string()).await.unwrap().is_some(), "the current image stays");
+}
+
+/// An archive in the bucket naming another image too (`RepoTags` with an extra tag, as a host
+/// where the image had several tags would save it): `docker load` moved that other image's tag
+/// on the pulling host, silently. The pull gives the archive's image its own name only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_never_moves_the_tags_of_other_images() {
+    use std::io::{Read, Write};
+
+    let engine = engine_or_skip!();
+    let cleanup = Cleanup::new(&engine);
+    let (_dir, store, reg) = local_registry();
+    let app = unique_repo();
+    let (_fx, image, _) = build_app(&engine, &app, "pulled one").await;
+    cleanup.image(image.to_string());
+    ship::push(&engine, &reg, &push_req(&image), &Progress::default(), &CancellationToken::new()).await.unwrap();
+    reg.tag(&image, &Version::parse("1.0.0").unwrap(), false).await.unwrap();
+
+    // Another image on the host, whose tag the archive will also claim.
+    let victim = format!("{}:latest", unique_repo());
+    cleanup.image(victim.clone());
+    let victim_id = build_small(&engine, &victim, "the victim").await;
+
+    // The archive, rewritten to name the victim too; its metadata follows the new bytes.
+    let archive_key = s3dock_core::layout::image_archive(&image.app, &image.tag);
+    let archive_path = store.path_of(&archive_key);
+    let mut tar_bytes = Vec::new();
+    flate2::read::MultiGzDecoder::new(std::fs::File::open(&archive_path).unwrap()).read_to_end(&mut tar_bytes).unwrap();
+    let mut rebuilt = tar::Builder::new(Vec::new());
+    let mut outer = tar::Archive::new(&tar_bytes[..]);
+    for entry in outer.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let path = entry.path().unwrap().into_owned();
+        let mut body = Vec::new();
+        entry.read_to_end(&mut body).unwrap();
+        if path.as_os_str() == "manifest.json" {
+            let mut m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            m[0]["RepoTags"].as_array_mut().unwrap().push(victim.clone().into());
+            body = serde_json::to_vec(&m).unwrap();
+            header.set_size(body.len() as u64);
+            header.set_cksum();
+        }
+        rebuilt.append_data(&mut header, &path, &body[..]).unwrap();
+    }
+    let crafted = rebuilt.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&crafted).unwrap();
+    let gzipped = gz.finish().unwrap();
+    std::fs::write(&archive_path, &gzipped).unwrap();
+    let d = s3dock_core::digest::digest_reader(&gzipped[..]).unwrap();
+    let meta_path = store.path_of(&s3dock_core::layout::image_metadata(&image.app, &image.tag));
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    meta["checksum"] = d.md5.into();
+    meta["sha256"] = d.sha256.into();
+    meta["size"] = d.size.into();
+    // The metadata pins the archive object it commits: pin the crafted one.
+    let archive_key = s3dock_core::layout::image_archive(&image.app, &image.tag);
+    meta["archive_etag"] = store.head(&archive_key).await.unwrap().unwrap().etag.0.into();
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+
+    engine.remove_image(&image.to_string(), true).await.unwrap();
+    let req = PullRequest {
+        app: image.app.clone(),
+        target: PullTarget::Version(Version::parse("1.0.0").unwrap()),
+        keep: None,
+    };
+    let pulled = ship::pull(&engine, &reg, &req, &Progress::default()).await.expect("pull");
+    assert!(pulled.skipped.is_none());
+    assert!(engine.inspect_image(&image.to_string()).await.unwrap().is_some(), "the image is loaded");
+    let still = engine.inspect_image(&victim).await.unwrap().expect("the victim keeps its tag");
+    assert_eq!(still.id, victim_id, "the other image's tag did not move");
 }

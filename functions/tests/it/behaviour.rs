@@ -2,6 +2,7 @@
 //! failing stores.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::Duration;
 use s3dock_core::events::Outcome;
@@ -165,9 +166,77 @@ async fn ten_deliveries_one_record_one_message_per_agent() {
     assert_ne!(sent[0].0, sent[1].0, "one message per agent");
 }
 
+/// A queue that answers after `delay`, as SQS does over the network, counting how many sends
+/// are in flight at once.
+#[derive(Debug)]
+struct SlowQueues {
+    rules: s3dock_core::sqs::QueueRules,
+    delay: std::time::Duration,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+    sent: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl s3dock_core::events::Notifier for SlowQueues {
+    fn check_queue(&self, queue_url: &str) -> Result<(), String> {
+        self.rules.check(queue_url).map(|_| ())
+    }
+    async fn send(&self, _queue_url: &str, _body: &str) -> Result<(), s3dock_core::events::EventError> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// 1,000 agents whose queues each take 10 ms to answer, as SQS over the network: one after the
+/// other that is 10 s, the whole goal; the fan-out keeps a bounded number of sends in flight
+/// instead (32 at a time: about 0.3 s; the bound below leaves a wide margin for a busy machine).
+#[tokio::test]
+async fn a_thousand_slow_agent_queues_are_notified_concurrently_within_the_goal() {
+    let bed = Bed::new();
+    bed.seed(A1).await;
+    for i in 0..1000 {
+        bed.register(&format!("host-{i:04}"), &format!("http://127.0.0.1:4566/000000000000/s3dock_agent-host-{i:04}"))
+            .await;
+    }
+    bed.registry.promote(&PromoteSource::Image(img(A1)), &env("production")).await.unwrap();
+    let queues = Arc::new(SlowQueues {
+        rules: s3dock_core::sqs::QueueRules::new(ACCOUNT, REGION, Some("http://127.0.0.1:4566")).unwrap(),
+        delay: std::time::Duration::from_millis(10),
+        in_flight: AtomicUsize::new(0),
+        most_in_flight: AtomicUsize::new(0),
+        sent: AtomicUsize::new(0),
+    });
+    let backend = TestBackend { store: bed.store.clone(), notifier: queues.clone() };
+    let f = s3dock_functions::Function::new(
+        Kind::PromotionFanout,
+        s3dock_functions::Settings::new("promotion-fanout"),
+        Arc::new(backend),
+        bed.clock.clone(),
+    );
+    let started = std::time::Instant::now();
+    let report = f.process(&one(POINTER), &invocation()).await.unwrap();
+    let took = started.elapsed();
+    let RecordResult::Handled(Outcome::Recorded { notified, .. }) = &report.records[0].result else {
+        panic!("{:?}", report.records[0].result)
+    };
+    assert_eq!(notified.len(), 1000);
+    assert_eq!(queues.sent.load(Ordering::SeqCst), 1000, "one message per agent");
+    let most = queues.most_in_flight.load(Ordering::SeqCst);
+    assert!(most > 1 && most <= s3dock_core::events::FANOUT_CONCURRENCY, "{most} sends in flight at once");
+    assert!(took < std::time::Duration::from_secs(4), "1,000 sends of 10 ms took {took:?}");
+    // A second delivery finds the claim and sends nothing.
+    f.process(&one(POINTER), &invocation()).await.unwrap();
+    assert_eq!(queues.sent.load(Ordering::SeqCst), 1000, "a redelivery sends nothing");
+}
+
 #[tokio::test]
 async fn an_older_pointer_event_after_a_newer_one_sends_nothing_stale() {
-    let versioned = Arc::new(Versioned::default());
+    let versioned = Arc::new(Versioned::new());
     let bed = Bed::over(versioned.clone());
     bed.seed(A1).await;
     bed.seed(A2).await;
@@ -176,21 +245,20 @@ async fn an_older_pointer_event_after_a_newer_one_sends_nothing_stale() {
     bed.clock.advance(Duration::minutes(1));
     bed.registry.promote(&PromoteSource::Image(img(A2)), &env("production")).await.unwrap();
     let key = layout::pointer(&app("myapp"), &env("production"));
-    let versions = versioned.versions(&key);
-    assert_eq!(versions, ["v1", "v2"]);
+    let versions = crate::support::versions(&versioned, &key);
+    assert_eq!(versions.len(), 2);
     let f = bed.function(Kind::PromotionFanout);
     // S3 delivered them out of order: the newer first, the older late.
-    let newer = sqs_event(&[s3_body("b", POINTER, Some("v2"))]);
-    let older = sqs_event(&[s3_body("b", POINTER, Some("v1"))]);
+    let newer = sqs_event(&[s3_body("b", POINTER, Some(&versions[1]))]);
+    let older = sqs_event(&[s3_body("b", POINTER, Some(&versions[0]))]);
     let r = f.process(&newer, &invocation()).await.unwrap();
     assert!(
         matches!(&r.records[0].result, RecordResult::Handled(Outcome::Recorded { notified, .. }) if notified == &["a1"])
     );
     let r = f.process(&older, &invocation()).await.unwrap();
-    let RecordResult::Handled(Outcome::Recorded { notified, .. }) = &r.records[0].result else {
+    let RecordResult::Handled(Outcome::Superseded { audit_key: Some(_), .. }) = &r.records[0].result else {
         panic!("{:?}", r.records[0].result)
     };
-    assert!(notified.is_empty(), "the old promotion is audited but not announced");
     let sent = bed.notifier.messages();
     assert_eq!(sent.len(), 1);
     assert_eq!((sent[0].1.image.as_str(), sent[0].1.pointer_seq), (A2, 2));

@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use crate::support::*;
 
 /// The LocalStack endpoint, or `None` (with a message) when the test should skip.
-fn endpoint() -> Option<String> {
+pub(crate) fn endpoint() -> Option<String> {
     match std::env::var("S3DOCK_TEST_S3_ENDPOINT") {
         Ok(v) if !v.trim().is_empty() && v.trim() != "aws" => Some(v.trim().to_owned()),
         _ => {
@@ -45,15 +45,15 @@ fn endpoint() -> Option<String> {
     }
 }
 
-fn suffix() -> String {
+pub(crate) fn suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
 }
 
-fn region() -> String {
+pub(crate) fn region() -> String {
     std::env::var("AWS_REGION").or_else(|_| std::env::var("AWS_DEFAULT_REGION")).unwrap_or_else(|_| REGION.into())
 }
 
-async fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+pub(crate) async fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(region()))
         .load()
@@ -63,7 +63,7 @@ async fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
 }
 
 /// The notification configuration: creations of `.json` under images/, tags/ and pointers/.
-fn notifications(queue_arn: &str, prefix: &str) -> NotificationConfiguration {
+pub(crate) fn notifications(queue_arn: &str, prefix: &str) -> NotificationConfiguration {
     let rule = |name: FilterRuleName, value: String| FilterRule::builder().name(name).value(value).build();
     let configs = ["images/", "tags/", "pointers/"]
         .iter()
@@ -85,7 +85,7 @@ fn notifications(queue_arn: &str, prefix: &str) -> NotificationConfiguration {
 }
 
 /// The SQS event Lambda builds from received messages.
-fn lambda_sqs_event(messages: &[ReceivedMessage], queue_arn: &str) -> Value {
+pub(crate) fn lambda_sqs_event(messages: &[ReceivedMessage], queue_arn: &str) -> Value {
     let records: Vec<Value> = messages
         .iter()
         .map(|m| {

@@ -1,6 +1,5 @@
 //! Test helpers: functions over an in-memory bucket, notifiers that record, fixtures.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,10 +13,7 @@ use s3dock_core::layout;
 use s3dock_core::names::{AgentId, AppName, EnvName, ImageRef, ObjectKey, Version};
 use s3dock_core::registry::{EventMode, Registry};
 use s3dock_core::sqs::QueueRules;
-use s3dock_core::store::{
-    BoxReader, GetObject, GetOptions, ListPage, MemoryStore, ObjectInfo, ObjectStore, Precondition, PutOptions,
-    StoreError, list_all, read_small, reader_from_bytes,
-};
+use s3dock_core::store::{MemoryStore, ObjectStore, Precondition, list_all, read_small};
 use s3dock_functions::{Backend, Function, Invocation, Kind, Settings};
 use serde_json::Value;
 
@@ -123,8 +119,9 @@ pub struct Bed {
 }
 
 impl Bed {
+    /// A bucket without versioning: the captured events name versions of other buckets.
     pub fn new() -> Bed {
-        Bed::over(Arc::new(MemoryStore::new()))
+        Bed::over(Arc::new(s3dock_core::store::faults::Unversioned(MemoryStore::new())))
     }
 
     pub fn over(store: Arc<dyn ObjectStore>) -> Bed {
@@ -240,64 +237,15 @@ pub fn s3_body(bucket: &str, key: &str, version_id: Option<&str>) -> String {
     .to_string()
 }
 
-/// A store that keeps every version written with `put_bytes` and serves `version_id` reads,
-/// as a versioned S3 bucket does (the memory store has no versions). Version ids are `v1`,
-/// `v2`... per key.
-#[derive(Debug, Default)]
-pub struct Versioned {
-    pub inner: MemoryStore,
-    versions: Mutex<HashMap<String, Vec<Bytes>>>,
-}
+/// A versioned bucket: the memory store keeps every version, as S3 with versioning does.
+pub type Versioned = MemoryStore;
 
-impl Versioned {
-    /// The version ids written at `key`, oldest first.
-    pub fn versions(&self, key: &ObjectKey) -> Vec<String> {
-        let n = self.versions.lock().unwrap().get(key.as_str()).map_or(0, Vec::len);
-        (1..=n).map(|i| format!("v{i}")).collect()
-    }
-}
-
-#[async_trait]
-impl ObjectStore for Versioned {
-    fn url(&self) -> String {
-        format!("versioned+{}", self.inner.url())
-    }
-    async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>, StoreError> {
-        self.inner.head(key).await
-    }
-    async fn get(&self, key: &ObjectKey, opts: GetOptions) -> Result<GetObject, StoreError> {
-        let Some(v) = &opts.version_id else { return self.inner.get(key, opts).await };
-        let body = v
-            .strip_prefix('v')
-            .and_then(|n| n.parse::<usize>().ok())
-            .and_then(|n| self.versions.lock().unwrap().get(key.as_str())?.get(n.checked_sub(1)?).cloned())
-            .ok_or_else(|| StoreError::NotFound { key: format!("{key}?versionId={v}") })?;
-        let info = ObjectInfo {
-            key: key.clone(),
-            size: body.len() as u64,
-            etag: s3dock_core::store::ETag(v.clone()),
-            last_modified: None,
-        };
-        Ok(GetObject { info, body: reader_from_bytes(body) })
-    }
-    async fn put_bytes(&self, key: &ObjectKey, body: Bytes, p: Precondition) -> Result<ObjectInfo, StoreError> {
-        let info = self.inner.put_bytes(key, body.clone(), p).await?;
-        self.versions.lock().unwrap().entry(key.to_string()).or_default().push(body);
-        Ok(info)
-    }
-    async fn put_stream(&self, key: &ObjectKey, body: BoxReader, opts: PutOptions) -> Result<ObjectInfo, StoreError> {
-        self.inner.put_stream(key, body, opts).await
-    }
-    async fn list_page(&self, prefix: &str, delimited: bool, token: Option<String>) -> Result<ListPage, StoreError> {
-        self.inner.list_page(prefix, delimited, token).await
-    }
-    async fn copy(&self, src: &ObjectKey, dst: &ObjectKey, p: Precondition) -> Result<ObjectInfo, StoreError> {
-        self.inner.copy(src, dst, p).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-    fn precondition_support(&self) -> s3dock_core::store::PreconditionSupport {
-        self.inner.precondition_support()
-    }
+/// The version ids written at `key`, oldest first (delete markers left out).
+pub fn versions(store: &MemoryStore, key: &ObjectKey) -> Vec<String> {
+    store
+        .versions(key.as_str())
+        .iter()
+        .filter(|v| !v.is_delete_marker())
+        .filter_map(|v| v.info.version_id.clone())
+        .collect()
 }

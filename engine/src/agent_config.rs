@@ -1,25 +1,31 @@
-//! The agent's configuration file (TOML), documented key by key in `docs/agent.md`.
+//! The host file: the agent's configuration (TOML), documented key by key in `docs/agent.md`.
+//! It lives here, once, because two programs read it: the agent, and `s3dock deploy --service`
+//! on a host that runs one (which must use the same `state_dir`, so that the two share the
+//! per-service lock and settle each other's interrupted deploys).
 //!
 //! Parsing is two steps, like the CLI's settings: [`RawConfig`] is what was written (types
 //! only; an unknown key is an error naming it), [`AgentConfig::parse`] checks every value and
-//! fills the defaults. Every error is one line that says what to fix. The host name is a
-//! parameter ([`HostFacts`]), so parsing is a pure function tests can call.
+//! fills the defaults. [`HostFile::parse`] is the lighter read `s3dock deploy` needs: the
+//! services, the state directory and the host name, by the same rules. Every error is one line
+//! that says what to fix. The host name is a parameter ([`HostFacts`]), so parsing is a pure
+//! function tests can call.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::deploy::spec::parse_duration;
+use crate::deploy::{DeploySpec, DriverConfig};
 use s3dock_core::names::{AgentId, AppName, EnvName};
 use s3dock_core::sqs::{MAX_VISIBILITY, MAX_WAIT, SqsConfig};
 use s3dock_core::store::S3Config;
-use s3dock_engine::deploy::spec::parse_duration;
-use s3dock_engine::deploy::{DeploySpec, DriverConfig};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 
 /// Where the state files live when `state_dir` is not set: the systemd unit's
-/// `StateDirectory=s3dock` (`infra/s3dock-agent.service`).
+/// `StateDirectory=s3dock` (`infra/s3dock-agent.service`). `s3dock deploy` uses the same
+/// default, so a hand-run deploy and the agent share the service lock.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/s3dock";
 pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
@@ -27,6 +33,10 @@ pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
+/// The queue name prefix of the default stack (`s3dock`): its `AgentQueuePrefix` output.
+pub const DEFAULT_QUEUE_PREFIX: &str = "s3dock_agent-";
+/// Leaves room in SQS's 80 characters for an id and the `-dlq` suffix.
+pub const MAX_QUEUE_PREFIX: usize = 40;
 /// The promotion fan-out skips registrations older than this by default (`AgentTtlSeconds`):
 /// a longer heartbeat interval would make a live agent look dead to it.
 pub const FANOUT_TTL: Duration = Duration::from_secs(10 * 60);
@@ -112,6 +122,7 @@ pub struct RawQueue {
     pub visibility_timeout: Option<Dur>,
     pub max_receive_count: Option<u32>,
     pub wait: Option<Dur>,
+    pub name_prefix: Option<String>,
 }
 
 /// Where the bucket is.
@@ -135,8 +146,8 @@ impl StoreLocation {
 /// How messages reach the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueMode {
-    /// The agent creates `s3dock-agent-{id}` and `s3dock-agent-{id}-dlq` (idempotent) and sets
-    /// their attributes at every start.
+    /// The agent creates `{name_prefix}{id}` and `{name_prefix}{id}-dlq` with their attributes
+    /// at every start (idempotent).
     Create,
     /// A queue made by someone else.
     Url(String),
@@ -165,6 +176,9 @@ pub struct QueueConfig {
     pub max_receive_count: u32,
     /// The long-poll wait of each receive.
     pub wait: Duration,
+    /// What the names of the queues `create` makes start with: the stack's `AgentQueuePrefix`
+    /// output (`STACK_agent-`), the only names its agent policy and fan-out reach.
+    pub name_prefix: String,
 }
 
 /// The AWS connection settings shared by the store and the queue.
@@ -220,13 +234,7 @@ impl AgentConfig {
     pub fn parse(text: &str, path: &Path, host: &HostFacts) -> Result<AgentConfig, ConfigError> {
         let file = path.display().to_string();
         let err = |message: String| ConfigError { file: file.clone(), message };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| line_col(text, s.start)).map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default();
-            ConfigError {
-                file: format!("{file}{at}"),
-                message: format!("{}; fix the file (docs/agent.md lists every key)", one_line(e.message())),
-            }
-        })?;
+        let raw = parse_raw(text, path)?;
 
         let hostname = host.hostname.clone();
         let agent_id = match &raw.agent_id {
@@ -279,12 +287,7 @@ impl AgentConfig {
             }
         }
 
-        let state_dir = match &raw.state_dir {
-            Some(p) if p.as_os_str().is_empty() => return Err(err("state_dir: is empty; give a directory".into())),
-            Some(p) if p.is_relative() => base.join(p),
-            Some(p) => p.clone(),
-            None => PathBuf::from(DEFAULT_STATE_DIR),
-        };
+        let state_dir = state_dir_of(&raw, base).map_err(err)?;
 
         let positive = |key: &str,
                         value: Option<Dur>,
@@ -336,6 +339,76 @@ impl AgentConfig {
     }
 }
 
+impl AgentConfig {
+    /// Settings that are valid but risky, one line each saying what to change: the agent logs
+    /// them at start and `s3dock-agent --check` reports them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, spec) in self.services.iter().enumerate() {
+            let name = format!("service[{i}] ({}/{})", spec.app, spec.env);
+            for w in spec.warnings() {
+                out.push(format!("{name}: {w}"));
+            }
+            if self.reconcile_interval < spec.health.deadline {
+                out.push(format!(
+                    "{name}: reconcile_interval ({}) is shorter than health.deadline ({}): a reconcile can come due while a health check is still running, so the reconciles queue up behind the deploy; make reconcile_interval longer than a health check",
+                    crate::deploy::spec::show_duration(self.reconcile_interval),
+                    crate::deploy::spec::show_duration(spec.health.deadline),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// `state_dir`, relative to the file's directory; [`DEFAULT_STATE_DIR`] when unset.
+fn state_dir_of(raw: &RawConfig, base: &Path) -> Result<PathBuf, String> {
+    Ok(match &raw.state_dir {
+        Some(p) if p.as_os_str().is_empty() => return Err("state_dir: is empty; give a directory".into()),
+        Some(p) if p.is_relative() => base.join(p),
+        Some(p) => p.clone(),
+        None => PathBuf::from(DEFAULT_STATE_DIR),
+    })
+}
+
+fn parse_raw(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    let file = path.display().to_string();
+    toml::from_str(text).map_err(|e| {
+        let at = e.span().map(|s| line_col(text, s.start)).map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default();
+        ConfigError {
+            file: format!("{file}{at}"),
+            message: format!("{}; fix the file (docs/agent.md lists every key)", one_line(e.message())),
+        }
+    })
+}
+
+/// What `s3dock deploy --service` takes from an agent's file: its services (each checked on
+/// its own), where the state files are and the host's name, by the agent's own rules.
+#[derive(Debug, Clone)]
+pub struct HostFile {
+    pub state_dir: PathBuf,
+    /// `host`, when the file sets it.
+    pub host: Option<String>,
+    pub services: Vec<DeploySpec>,
+}
+
+impl HostFile {
+    /// Reads the file's types (unknown keys are errors) and its state directory; the services
+    /// are validated when one is picked ([`HostFile::service`]).
+    pub fn parse(text: &str, path: &Path) -> Result<HostFile, ConfigError> {
+        let raw = parse_raw(text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let state_dir =
+            state_dir_of(&raw, base).map_err(|message| ConfigError { file: path.display().to_string(), message })?;
+        Ok(HostFile { state_dir, host: raw.host, services: raw.service })
+    }
+
+    /// The service of (app, env), if the file has one.
+    pub fn service(&self, app: &AppName, env: &EnvName) -> Option<&DeploySpec> {
+        self.services.iter().find(|s| s.app == *app && s.env == *env)
+    }
+}
+
 /// `s3://bucket[/prefix]`, `file:///abs/path`, or a directory (relative to the file's own
 /// directory).
 fn parse_store(raw: &str, base: &Path, aws: &AwsSettings, path_style: Option<bool>) -> Result<StoreLocation, String> {
@@ -375,7 +448,7 @@ fn parse_queue(raw: &RawQueue, store: &StoreLocation) -> Result<QueueConfig, Str
                 && !url.chars().any(|c| c.is_whitespace() || c.is_control());
             if !ok {
                 return Err(format!(
-                    "url: {url:?} is not a queue URL; e.g. https://sqs.eu-west-1.amazonaws.com/123456789012/s3dock-agent-web-1"
+                    "url: {url:?} is not a queue URL; e.g. https://sqs.eu-west-1.amazonaws.com/123456789012/s3dock_agent-web-1"
                 ));
             }
             QueueMode::Url(url.clone())
@@ -399,10 +472,21 @@ fn parse_queue(raw: &RawQueue, store: &StoreLocation) -> Result<QueueConfig, Str
         return Err(format!("max_receive_count: {max_receive_count} is outside SQS's 1 to 1000; e.g. 5"));
     }
     let wait = raw.wait.map_or(MAX_WAIT, |d| d.0);
-    if wait > MAX_WAIT || wait.subsec_nanos() != 0 {
-        return Err("wait: must be whole seconds, at most 20s (SQS's longest long poll); e.g. \"20s\"".into());
+    if wait > MAX_WAIT || wait.subsec_nanos() != 0 || wait.is_zero() {
+        // 0 s is a short poll: every receive returns at once, and the loop spins on the queue.
+        return Err(
+            "wait: must be whole seconds, from 1s to 20s (SQS's longest long poll; 0s would poll in a busy loop); e.g. \"20s\"".into(),
+        );
     }
-    Ok(QueueConfig { mode, visibility_timeout, max_receive_count, wait })
+    let name_prefix = raw.name_prefix.clone().unwrap_or_else(|| DEFAULT_QUEUE_PREFIX.to_owned());
+    let ok = (1..=MAX_QUEUE_PREFIX).contains(&name_prefix.len())
+        && name_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return Err(format!(
+            "name_prefix: {name_prefix:?} must be 1 to {MAX_QUEUE_PREFIX} letters, digits, '-' or '_'; use the stack's AgentQueuePrefix output, e.g. \"s3dock_agent-\""
+        ));
+    }
+    Ok(QueueConfig { mode, visibility_timeout, max_receive_count, wait, name_prefix })
 }
 
 /// Validates each `[[service]]` and what they must not share: an (app, env), a host port, an
@@ -564,6 +648,7 @@ driver = "none"
         assert_eq!(c.aws.sqs().region.as_deref(), Some("eu-west-1"));
         assert_eq!(c.queue.mode, QueueMode::Create);
         assert_eq!(c.queue.max_receive_count, 5);
+        assert_eq!(c.queue.name_prefix, DEFAULT_QUEUE_PREFIX);
         assert_eq!(c.services.len(), 2);
         assert_eq!(c.services[0].health.path, "/healthz");
         assert_eq!(c.retry_backoff, Duration::from_secs(300));
@@ -620,7 +705,9 @@ driver = "none"
             ("store = \"s3://b-1\"\n[queue]\nmode = \"url\"\n".into(), "queue.url: missing"),
             ("store = \"s3://b-1\"\n[queue]\nurl = \"https://q/1/a\"\n".into(), "queue.url: not used with mode = \"create\""),
             ("store = \"s3://b-1\"\n[queue]\nmax_receive_count = 0\n".into(), "queue.max_receive_count"),
+            ("store = \"s3://b-1\"\n[queue]\nname_prefix = \"a.b-\"\n".into(), "queue.name_prefix"),
             ("store = \"s3://b-1\"\n[queue]\nwait = \"30s\"\n".into(), "queue.wait"),
+            ("store = \"s3://b-1\"\n[queue]\nwait = \"0s\"\n".into(), "busy loop"),
             ("store = \"s3://b-1\"\n[queue]\nvisibility_timeout = \"0s\"\n".into(), "queue.visibility_timeout"),
             (svc("drain = \"5\"\n"), "has no unit"),
             (
@@ -666,5 +753,45 @@ driver = "none"
         assert_eq!(agent_id_from_host(&long).unwrap().as_str().len(), 64);
         assert!(agent_id_from_host("...").is_err());
         assert!(agent_id_from_host("ÿÿ").is_err());
+    }
+
+    /// Valid but risky: said, not silently accepted.
+    #[test]
+    fn risky_settings_are_warned_about() {
+        let svc = |extra: &str, driver: &str| {
+            format!(
+                "store = \"/x\"\nreconcile_interval = \"90s\"\n[[service]]\napp = \"web\"\nenv = \"prod\"\ncontainer_port = 80\nports = {{ blue = 1, green = 2 }}\n{extra}[service.traffic]\n{driver}"
+            )
+        };
+        let nginx = "driver = \"nginx\"\nupstream_file = \"/etc/nginx/s3dock/web.conf\"\n";
+        assert!(parse(&svc("", nginx)).unwrap().warnings().is_empty());
+        let w = parse(&svc("drain = \"0s\"\n", nginx)).unwrap().warnings();
+        assert!(w.len() == 1 && w[0].contains("drain = \"0s\" with the nginx driver"), "{w:?}");
+        assert!(parse(&svc("drain = \"0s\"\n", "driver = \"none\"\n")).unwrap().warnings().is_empty());
+        let w = parse(&svc("[service.health]\ndeadline = \"2m\"\n", nginx)).unwrap().warnings();
+        assert!(
+            w.len() == 1 && w[0].contains("reconcile_interval (90s) is shorter than health.deadline (120s)"),
+            "{w:?}"
+        );
+        let w = parse(&svc("", "driver = \"command\"\ncommand = [\"/bin/true\"]\n")).unwrap().warnings();
+        assert!(w.len() == 1 && w[0].contains("check_command"), "{w:?}");
+        let w = parse(&svc("", &format!("{nginx}probe = \"off\"\n"))).unwrap().warnings();
+        assert!(w.len() == 1 && w[0].contains("probe = \"off\""), "{w:?}");
+        assert!(w.iter().all(|l| l.starts_with("service[0] (web/prod): ") && !l.contains('\n')));
+    }
+
+    #[test]
+    fn the_host_file_gives_deploy_its_services_and_state_dir() {
+        let text = "store = \"s3://b-1\"\nstate_dir = \"state\"\nhost = \"web-1\"\n[[service]]\napp = \"api\"\nenv = \"production\"\ncontainer_port = 80\nports = { blue = 1, green = 2 }\n";
+        let f = HostFile::parse(text, Path::new("/etc/s3dock/agent.toml")).unwrap();
+        assert_eq!(f.state_dir, PathBuf::from("/etc/s3dock/state"));
+        assert_eq!(f.host.as_deref(), Some("web-1"));
+        let (api, prod) = (AppName::parse("api").unwrap(), EnvName::parse("production").unwrap());
+        assert_eq!(f.service(&api, &prod).unwrap().ports.green, 2);
+        assert!(f.service(&AppName::parse("web").unwrap(), &prod).is_none());
+        let f = HostFile::parse("store = \"/x\"\n", Path::new("/etc/s3dock/agent.toml")).unwrap();
+        assert_eq!(f.state_dir, PathBuf::from(DEFAULT_STATE_DIR), "the agent's default, for the shared lock");
+        let e = HostFile::parse("stroe = 1\n", Path::new("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `stroe`"), "{e}");
     }
 }

@@ -9,7 +9,8 @@ use crate::clock::ManualClock;
 use crate::docs::{AgentRegistration, AgentState};
 use crate::events::Outcome;
 use crate::names::AgentId;
-use crate::store::{MemoryStore, StoreError, faults::IgnorePreconditions, list_all};
+use crate::store::faults::{Faulty, IgnorePreconditions, Op};
+use crate::store::{MemoryStore, StoreError, list_all};
 use crate::testing::{RecordingNotifier, put_raw, seed_image};
 
 fn app(s: &str) -> AppName {
@@ -282,9 +283,19 @@ async fn a_store_ignoring_preconditions_is_refused_for_pointers() {
     let reg = Registry::new(store.clone(), clock, "alice", EventMode::Inline);
     let e = reg.promote(&PromoteSource::Image(img(A1)), &env("production")).await.unwrap_err();
     assert!(matches!(e, Error::Store(StoreError::PreconditionsIgnored { .. })), "{e}");
-    assert!(e.to_string().contains("conditional writes"), "{e}");
+    for op in ["PutObject If-None-Match", "CompleteMultipartUpload If-None-Match", "CopyObject If-None-Match"] {
+        assert!(e.to_string().contains(op), "{e}");
+    }
     assert!(list_all(&*store, "pointers/myapp/").await.unwrap().is_empty());
-    assert!(list_all(&*store, "pointers/.probe/").await.unwrap().is_empty(), "the probe cleans up");
+    assert!(list_all(&*store, "probe/").await.unwrap().is_empty(), "the probe cleans up");
+    // Every command that relies on conditions is guarded, not only promote.
+    let e = reg.tag(&img(A1), &ver("v1.0.0"), false).await.unwrap_err();
+    assert!(matches!(e, Error::Store(StoreError::PreconditionsIgnored { .. })), "{e}");
+    let e = reg.plan_push(&img(A2), &format!("sha256:{}", "c".repeat(64)), false).await.unwrap_err();
+    assert!(matches!(e, Error::Store(StoreError::PreconditionsIgnored { .. })), "{e}");
+    let e = reg.cleanup(Some(&app("myapp")), 0, Duration::zero(), false).await.unwrap_err();
+    assert!(matches!(e, Error::Store(StoreError::PreconditionsIgnored { .. })), "{e}");
+    assert!(list_all(&*store, "tags/").await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -419,16 +430,24 @@ async fn an_old_pointer_event_sends_nothing_stale() {
         .unwrap();
     reg.promote(&PromoteSource::Image(img(A1)), &prod).await.unwrap();
     let key = layout::pointer(&app("myapp"), &prod);
-    let old_doc: PointerDoc = docs::decode("p", &read_small(&*store, &key, 1 << 20).await.unwrap().unwrap().0).unwrap();
+    let old = store.head(&key).await.unwrap().unwrap();
     clock.advance(Duration::minutes(1));
     reg.promote(&PromoteSource::Image(img(A2)), &prod).await.unwrap();
+    let new = store.head(&key).await.unwrap().unwrap();
     let handlers =
         Handlers::new(store.clone(), clock.clone(), Origin::Lambda, "lambda").with_notifier(notifier.clone());
-    let ev = ObjectEvent::inline(key.clone());
-    // The newer event first, then the older one late (as if the old version was read).
-    handlers.handle(&ev).await.unwrap();
-    let late = handlers.fan_out_promotion(&app("myapp"), &prod, &key, &ev, Some(&old_doc)).await.unwrap();
-    assert!(matches!(late, Outcome::Recorded { ref notified, .. } if notified.is_empty()), "{late:?}");
+    let event = |info: &ObjectInfo| ObjectEvent {
+        key: Some(key.clone()),
+        raw_key: key.to_string(),
+        event_name: "ObjectCreated:Put".into(),
+        etag: Some(info.etag.0.clone()),
+        version_id: info.version_id.clone(),
+        ..Default::default()
+    };
+    // The newer event first, then the older one late, naming its own version.
+    handlers.handle(&event(&new)).await.unwrap();
+    let late = handlers.handle(&event(&old)).await.unwrap();
+    assert!(matches!(late, Outcome::Superseded { audit_key: Some(_), .. }), "{late:?}");
     let sent = notifier.messages();
     assert_eq!(sent.len(), 1);
     assert!(sent[0].1.contains(A2), "only the current image is announced: {sent:?}");
@@ -455,19 +474,19 @@ async fn cleanup_keeps_newest_and_referenced_and_never_touches_archive_or_audit(
     let audit_before = audit_keys(&f).await;
     let archive_before = f.reg.list_archive(&app("myapp")).await.unwrap();
 
-    let dry = f.reg.cleanup(Some(&app("myapp")), 2, true).await.unwrap();
+    let dry = f.reg.cleanup(Some(&app("myapp")), 2, Duration::zero(), true).await.unwrap();
     let doomed: Vec<&str> = dry.apps[0].deleted.iter().map(|d| d.image.as_str()).collect();
     assert_eq!(doomed, ["myapp:20250704-0000-0000004"], "{:#?}", dry.apps[0]);
     assert_eq!(f.reg.list_images(&app("myapp"), None).await.unwrap().len(), 7, "dry run deletes nothing");
     let reasons: Vec<String> = dry.apps[0].kept.iter().map(|k| format!("{} {}", k.image, k.reason)).collect();
     assert!(reasons.iter().any(|r| r.contains("0000001") && r.contains("tag v1.0.0")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("0000002") && r.contains("rollback target")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("00000aa") && r.contains("incomplete")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("00000aa") && r.contains("unfinished")), "{reasons:?}");
 
     // The store stamps objects with the wall clock; a day and more later the partial push
     // counts as abandoned.
     f.clock.set(Utc::now() + Duration::days(2));
-    let real = f.reg.cleanup(Some(&app("myapp")), 2, false).await.unwrap();
+    let real = f.reg.cleanup(Some(&app("myapp")), 2, DEFAULT_CLEANUP_GRACE, false).await.unwrap();
     let deleted: BTreeSet<&str> = real.apps[0].deleted.iter().map(|d| d.image.as_str()).collect();
     assert_eq!(deleted, BTreeSet::from(["myapp:20250704-0000-0000004", "myapp:20250601-0000-00000aa"]));
     let left: Vec<String> =
@@ -484,7 +503,7 @@ async fn cleanup_refuses_when_a_reference_is_unreadable() {
     let f = fixture();
     seed(&f, &[A1, A2, A3]).await;
     put_raw(&*f.store, "tags/myapp/v1.0.0.json", "{oops").await.unwrap();
-    let e = f.reg.cleanup(Some(&app("myapp")), 0, false).await.unwrap_err();
+    let e = f.reg.cleanup(Some(&app("myapp")), 0, Duration::zero(), false).await.unwrap_err();
     assert!(e.to_string().contains("refusing to clean up"), "{e}");
     assert_eq!(f.reg.list_images(&app("myapp"), None).await.unwrap().len(), 3);
 }
@@ -539,14 +558,15 @@ async fn verify_upload_rejects_a_corrupt_archive() {
         ..Default::default()
     };
     let out = handlers.handle(&ev).await.unwrap();
-    let Outcome::Rejected { archived_to, reason, .. } = out else { panic!("{out:?}") };
+    let Outcome::Rejected { archived_to, reason, deleted, .. } = out else { panic!("{out:?}") };
     assert!(reason.contains("size"), "{reason}");
+    assert!(deleted, "nothing references it");
     assert_eq!(archived_to.len(), 2);
-    assert!(archived_to[0].as_str().ends_with("-archived-on-20250722-1018-rejected.json"), "{archived_to:?}");
+    assert!(archived_to[0].as_str().contains("-rejected-"), "{archived_to:?}");
     assert!(f.store.head(&key).await.unwrap().is_none());
     assert!(f.store.head(&layout::image_archive(&image.app, &image.tag)).await.unwrap().is_none());
     // A redelivery finds nothing left to do.
-    assert!(matches!(handlers.handle(&ev).await.unwrap(), Outcome::Ignored { .. }));
+    assert!(matches!(handlers.handle(&ev).await.unwrap(), Outcome::Superseded { audit_key: None, .. }));
     let rejects: Vec<String> = audit_keys(&f).await.into_iter().filter(|k| k.contains("-reject-")).collect();
     assert_eq!(rejects.len(), 1);
 }
@@ -631,4 +651,280 @@ async fn the_notifier_is_prepared_only_for_queues_and_its_failure_keeps_the_audi
     assert!(matches!(p.event, Some(Ok(Outcome::Recorded { ref notified, .. })) if notified.is_empty()), "{p:?}");
     assert_eq!(notifier.prepared.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(list_all(&*store, "audit/").await.unwrap().len(), 2, "both promotions audited");
+}
+
+// ------------------------------------------------------------------ protocol safety
+//
+// Each test below is named after a defect that destroyed data or misreported an outcome, and
+// fails without its fix.
+
+fn lambda_handlers(store: Arc<dyn ObjectStore>, clock: Arc<ManualClock>) -> Handlers {
+    Handlers::new(store, clock, Origin::Lambda, "verify-upload")
+}
+
+/// The event S3 sends for the current version of `key`.
+async fn event_for(store: &dyn ObjectStore, key: &ObjectKey) -> ObjectEvent {
+    let info = store.head(key).await.unwrap().unwrap();
+    ObjectEvent {
+        key: Some(key.clone()),
+        raw_key: key.to_string(),
+        event_name: "ObjectCreated:Put".into(),
+        etag: Some(info.etag.0.clone()),
+        version_id: info.version_id.clone(),
+        ..Default::default()
+    }
+}
+
+async fn push_bytes(reg: &Registry, image: &ImageRef, id: char, body: &'static [u8], force: bool) {
+    let image_id = format!("sha256:{}", id.to_string().repeat(64));
+    let facts = crate::push::PushFacts {
+        image_id: image_id.clone(),
+        git_hash: format!("{}{}", image.tag.hash7(), "0".repeat(33)),
+        git_time: image.tag.time_str(),
+        ..Default::default()
+    };
+    match reg.plan_push(image, &image_id, force).await.unwrap() {
+        crate::push::PushPlan::Upload(plan) => {
+            reg.push_archive(image, &facts, crate::store::reader_from_bytes(body), plan).await.unwrap();
+        }
+        crate::push::PushPlan::Skip { .. } => panic!("expected an upload"),
+    }
+}
+
+#[tokio::test]
+async fn a_late_verify_event_never_deletes_the_current_image() {
+    // Push, re-push the same tag with other bytes, handle the second push's event, then the
+    // first push's event arrives late naming the first metadata version.
+    let f = fixture();
+    let reg = Registry::new(f.store.clone(), f.clock.clone(), "ci", EventMode::Lambda);
+    let image = img(A2);
+    let meta_key = layout::image_metadata(&image.app, &image.tag);
+    push_bytes(&reg, &image, 'a', b"first build of the commit", false).await;
+    let first = event_for(&*f.store, &meta_key).await;
+    f.clock.advance(Duration::minutes(1));
+    push_bytes(&reg, &image, 'b', b"second, different build", false).await;
+    let second = event_for(&*f.store, &meta_key).await;
+    let handlers = lambda_handlers(f.store.clone(), f.clock.clone());
+    assert!(matches!(handlers.handle(&second).await.unwrap(), Outcome::Recorded { .. }));
+    let before = f.reg.image(&image).await.unwrap();
+    let late = handlers.handle(&first).await.unwrap();
+    assert!(matches!(late, Outcome::Superseded { audit_key: Some(_), .. }), "{late:?}");
+    let after = f.reg.image(&image).await.unwrap();
+    assert_eq!(after.metadata, before.metadata, "the current image is untouched");
+    assert!(f.store.head(&after.archive_key).await.unwrap().is_some());
+    let rejects: Vec<String> = audit_keys(&f).await.into_iter().filter(|k| k.contains("-reject-")).collect();
+    assert!(rejects.is_empty(), "{rejects:?}");
+    // Both pushes are on record, once each.
+    let pushes: Vec<String> = audit_keys(&f).await.into_iter().filter(|k| k.contains("-push-")).collect();
+    assert_eq!(pushes.len(), 2, "{pushes:?}");
+}
+
+#[tokio::test]
+async fn a_document_of_a_newer_schema_is_refused_retryably_never_destroyed() {
+    let f = fixture();
+    seed(&f, &[A1]).await;
+    let image = img(A1);
+    let meta_key = layout::image_metadata(&image.app, &image.tag);
+    let (bytes, _) = read_small(&*f.store, &meta_key, 1 << 20).await.unwrap().unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    json["schema_version"] = serde_json::json!(99);
+    f.store.put_bytes(&meta_key, Bytes::from(serde_json::to_vec(&json).unwrap()), Precondition::None).await.unwrap();
+    let tag_key = layout::tag(&image.app, &ver("v1.0.0"));
+    put_raw(
+        &*f.store,
+        tag_key.as_str(),
+        format!(r#"{{"schema_version":99,"target_type":"image","target_path":"{}","promoted_at":"2025-07-21T00:00:00Z","promoted_by":"x","git_hash":"","git_time":""}}"#, layout::image_archive(&image.app, &image.tag)),
+    )
+    .await
+    .unwrap();
+    let handlers = lambda_handlers(f.store.clone(), f.clock.clone());
+    for key in [&meta_key, &tag_key] {
+        let e = handlers.handle(&event_for(&*f.store, key).await).await.unwrap_err();
+        assert!(e.retryable, "{e}");
+        assert!(e.to_string().contains("upgrade the functions"), "{e}");
+        assert!(f.store.head(key).await.unwrap().is_some(), "{key} is left where it is");
+    }
+    assert!(f.reg.list_archive(&image.app).await.unwrap().is_empty());
+    assert!(audit_keys(&f).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_rejected_upload_that_is_referenced_stays_and_is_audited_once() {
+    let f = fixture();
+    seed(&f, &[A1]).await;
+    let image = img(A1);
+    f.reg.promote(&PromoteSource::Image(image.clone()), &env("production")).await.unwrap();
+    let archive = layout::image_archive(&image.app, &image.tag);
+    f.store.corrupt(&archive, "bit rot");
+    let meta_key = layout::image_metadata(&image.app, &image.tag);
+    let ev = event_for(&*f.store, &meta_key).await;
+    let handlers = lambda_handlers(f.store.clone(), f.clock.clone());
+    for _ in 0..3 {
+        f.clock.advance(Duration::minutes(7));
+        let out = handlers.handle(&ev).await.unwrap();
+        let Outcome::Rejected { deleted, .. } = out else { panic!("{out:?}") };
+        assert!(!deleted, "production runs it: it stays");
+    }
+    assert!(f.store.head(&meta_key).await.unwrap().is_some() && f.store.head(&archive).await.unwrap().is_some());
+    let rejects: Vec<String> = audit_keys(&f).await.into_iter().filter(|k| k.contains("-reject-")).collect();
+    assert_eq!(rejects.len(), 1, "redeliveries name the same record, whatever the time: {rejects:?}");
+    let archived = f.reg.list_archive(&image.app).await.unwrap();
+    assert_eq!(archived.len(), 2, "one copy of each object, not one per delivery");
+    let rec =
+        f.reg.history(&image.app, &HistoryQuery { types: vec!["reject".into()], ..Default::default() }).await.unwrap();
+    assert_eq!(rec[0].record.as_ref().unwrap().details["referenced_by"][0], "environment production");
+}
+
+#[tokio::test]
+async fn a_lost_response_is_reported_as_the_write_it_was() {
+    let store = Arc::new(Faulty::new(MemoryStore::new()));
+    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2025, 7, 22, 10, 18, 0).unwrap()));
+    let notifier = Arc::new(RecordingNotifier::default());
+    let reg = Registry::new(store.clone(), clock.clone(), "alice", EventMode::Inline).with_notifier(notifier.clone());
+    for r in [A1, A2] {
+        seed_image(store.inner(), &img(r), r.as_bytes(), clock.now()).await.unwrap();
+    }
+    let prod = env("production");
+    let agent = AgentRegistration {
+        schema_version: Some(SCHEMA_VERSION),
+        agent_id: AgentId::parse("web-1").unwrap(),
+        app_name: app("myapp"),
+        environment: prod.clone(),
+        queue_url: Some("https://sqs.us-east-1.amazonaws.com/111111111111/web-1".into()),
+        host: "web-1".into(),
+        last_heartbeat: clock.now(),
+        state: None,
+        version: None,
+    };
+    let key = layout::agent(&app("myapp"), &prod, &agent.agent_id);
+    store.inner().put_bytes(&key, Bytes::from(docs::encode(&agent)), Precondition::None).await.unwrap();
+
+    // Promote: the pointer write lands, its answer is lost, the SDK's retry gets 412.
+    store.lose_response(Op::PutBytes, "pointers/myapp/production", 1);
+    let p = reg.promote(&PromoteSource::Image(img(A1)), &prod).await.unwrap();
+    assert_eq!((p.change, p.seq), (Change::Created, 1), "not 'unchanged'");
+    assert!(matches!(p.event, Some(Ok(Outcome::Recorded { ref notified, .. })) if notified == &["web-1"]), "{p:?}");
+    // The audit write of the fan-out loses its answer too: the claim is still ours.
+    store.lose_response(Op::PutBytes, "audit/", 1);
+    store.lose_response(Op::PutBytes, "pointers/myapp/production", 1);
+    let p = reg.promote(&PromoteSource::Image(img(A2)), &prod).await.unwrap();
+    assert_eq!((p.change, p.seq), (Change::Updated, 2));
+    assert!(matches!(p.event, Some(Ok(Outcome::Recorded { ref notified, .. })) if notified == &["web-1"]), "{p:?}");
+    assert_eq!(notifier.messages().len(), 2, "one message per promotion");
+
+    // Rollback: applied, answer lost; reported as done, not as a conflict.
+    store.lose_response(Op::PutBytes, "pointers/myapp/production", 1);
+    let rb = reg.rollback(&app("myapp"), &prod).await.unwrap();
+    assert_eq!((rb.change, rb.seq, rb.image.clone()), (Change::Updated, 3, img(A1)));
+
+    // Tag: created, answer lost.
+    store.lose_response(Op::PutBytes, "tags/myapp/v1.0.0", 1);
+    let t = reg.tag(&img(A1), &ver("v1.0.0"), false).await.unwrap();
+    assert_eq!(t.change, Change::Created);
+    assert!(matches!(t.event, Some(Ok(Outcome::Recorded { .. }))), "{:?}", t.event);
+
+    // Push: the multipart completion lands, its answer is lost.
+    store.lose_response(Op::PutStream, "images/", 1);
+    push_bytes(&reg, &img("myapp:20250723-1000-ccccccc"), 'c', b"new image", false).await;
+    let rec = reg.image(&img("myapp:20250723-1000-ccccccc")).await.unwrap();
+    assert_eq!(rec.metadata.image_id, Some(format!("sha256:{}", "c".repeat(64))));
+    // And the metadata write's answer is lost on a re-push.
+    store.lose_response(Op::PutBytes, "images/", 1);
+    push_bytes(&reg, &img("myapp:20250723-1000-ccccccc"), 'd', b"rebuilt image", false).await;
+    let rec = reg.image(&img("myapp:20250723-1000-ccccccc")).await.unwrap();
+    assert_eq!(rec.metadata.image_id, Some(format!("sha256:{}", "d".repeat(64))));
+
+    let promos: Vec<String> = list_all(&*store, "audit/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key.to_string())
+        .filter(|k| k.contains("-promotion-") || k.contains("-rollback-"))
+        .collect();
+    assert_eq!(promos.len(), 3, "one record per seq: {promos:?}");
+}
+
+#[tokio::test]
+async fn tag_force_on_a_bare_legacy_key_moves_the_pointers_that_follow_it() {
+    let f = fixture();
+    seed(&f, &[A1, A2]).await;
+    let archive = |r: &str| layout::image_archive(&img(r).app, &img(r).tag).to_string();
+    put_raw(
+        &*f.store,
+        "tags/myapp/1.2.0.json",
+        format!(r#"{{"target_type":"image","target_path":"{}","promoted_at":"2025-07-01T00:00:00Z","promoted_by":"go","git_hash":"","git_time":""}}"#, archive(A1)),
+    )
+    .await
+    .unwrap();
+    put_raw(
+        &*f.store,
+        "pointers/myapp/production.json",
+        r#"{"target_type":"tag","target_path":"tags/myapp/1.2.0.json","promoted_at":"2025-07-01T00:00:00Z","promoted_by":"go","git_hash":"","git_time":""}"#,
+    )
+    .await
+    .unwrap();
+    let moved = f.reg.tag(&img(A2), &ver("v1.2.0"), true).await.unwrap();
+    assert_eq!(moved.key.as_str(), "tags/myapp/1.2.0.json", "moved where it lives");
+    assert_eq!(f.reg.resolve(&app("myapp"), &env("production")).await.unwrap().record.image, img(A2));
+    assert!(f.store.head(&moved.key).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn cleanup_and_a_promotion_never_race_into_a_missing_image() {
+    let f = fixture();
+    seed(&f, &[A1, A2, A3]).await;
+    f.clock.advance(Duration::days(3));
+    let prod = env("production");
+    // A promotion holds A1 (as it would between its checks and its pointer write): cleanup spares it.
+    let hold = lease::hold(&*f.store, &*f.clock, &img(A1), "promoter").await.unwrap();
+    let report = f.reg.cleanup(Some(&app("myapp")), 0, Duration::zero(), false).await.unwrap();
+    assert!(report.apps[0].spared.contains(&A1.to_string()), "{:#?}", report.apps[0]);
+    assert!(f.reg.image(&img(A1)).await.is_ok());
+    hold.release(&*f.store).await;
+    // A deletion in progress (its claim taken) makes a promotion refuse instead of landing.
+    let Ok(tomb) = lease::claim(&*f.store, &*f.clock, &img(A1), "cleanup").await.unwrap() else { panic!("claimed") };
+    let e = f.reg.promote(&PromoteSource::Image(img(A1)), &prod).await.unwrap_err();
+    assert_eq!(e.kind(), crate::ErrorKind::Conflict, "{e}");
+    assert!(e.to_string().contains("being deleted"), "{e}");
+    assert!(list_all(&*f.store, "pointers/").await.unwrap().is_empty());
+    tomb.release(&*f.store).await;
+    // Every deletion is audited, one record per image, in Lambda mode too.
+    let lambda = Registry::new(f.store.clone(), f.clock.clone(), "ops", EventMode::Lambda);
+    let report = lambda.cleanup(Some(&app("myapp")), 0, Duration::zero(), false).await.unwrap();
+    assert_eq!(report.apps[0].deleted.len(), 1, "A1, the only one left: {:#?}", report.apps[0]);
+    let cleanups: Vec<String> = audit_keys(&f).await.into_iter().filter(|k| k.contains("-cleanup-")).collect();
+    assert_eq!(cleanups.len(), 3, "A2 and A3 earlier, A1 now: {cleanups:?}");
+}
+
+#[tokio::test]
+async fn cleanup_spares_fresh_pushes_of_old_commits() {
+    let f = fixture();
+    // Old commits (their tags are weeks old) pushed just now.
+    seed(&f, &["myapp:20250601-0000-0000001", "myapp:20250602-0000-0000002"]).await;
+    let report = f.reg.cleanup(Some(&app("myapp")), 0, DEFAULT_CLEANUP_GRACE, false).await.unwrap();
+    assert!(report.apps[0].deleted.is_empty(), "{:#?}", report.apps[0]);
+    assert!(report.apps[0].kept.iter().all(|k| k.reason.contains("pushed less than 24h ago")));
+    f.clock.advance(Duration::hours(25));
+    let report = f.reg.cleanup(Some(&app("myapp")), 0, DEFAULT_CLEANUP_GRACE, false).await.unwrap();
+    assert_eq!(report.apps[0].deleted.len(), 2);
+}
+
+#[tokio::test]
+async fn a_hostile_seq_cannot_overflow() {
+    let f = fixture();
+    seed(&f, &[A1, A2]).await;
+    for (seq, what) in
+        [(u64::MAX.to_string(), "beyond any real history"), (docs::MAX_SEQ.to_string(), "beyond any real history")]
+    {
+        put_raw(
+            &*f.store,
+            "pointers/myapp/production.json",
+            format!(r#"{{"target_type":"image","target_path":"{}","promoted_at":"2025-07-01T00:00:00Z","promoted_by":"x","git_hash":"","git_time":"","seq":{seq}}}"#, layout::image_archive(&img(A1).app, &img(A1).tag)),
+        )
+        .await
+        .unwrap();
+        let e = f.reg.promote(&PromoteSource::Image(img(A2)), &env("production")).await.unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Integrity, "{e}");
+        assert!(e.to_string().contains(what), "{e}");
+    }
 }

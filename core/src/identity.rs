@@ -1,0 +1,134 @@
+//! Who the AWS credentials belong to: STS GetCallerIdentity, which every valid credential may
+//! call (no IAM permission needed). The SQS notifier asks it for the account its queue rules
+//! need ([`crate::sqs::caller_account`]); `s3dock doctor` shows the caller's ARN.
+
+use std::time::Duration;
+
+use aws_sdk_sts::config::Region;
+use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::store::s3::has_credentials_error;
+
+/// The region used when neither the settings nor the AWS chain name one.
+const DEFAULT_REGION: &str = "us-east-1";
+
+/// Where to ask, with which credentials. Holds no secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StsSettings {
+    /// `None`: the AWS chain's region, else us-east-1.
+    pub region: Option<String>,
+    /// A custom endpoint (LocalStack answers STS on its single port); `None` for AWS.
+    pub endpoint: Option<String>,
+    /// An AWS profile to take credentials from instead of the default chain.
+    pub aws_profile: Option<String>,
+}
+
+/// The answer of GetCallerIdentity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerIdentity {
+    pub account: String,
+    /// `arn:aws:iam::123456789012:user/alice`, `arn:aws:sts::...:assumed-role/ROLE/SESSION`.
+    pub arn: String,
+    pub user_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error(
+        "no AWS credentials found ({detail}); set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or `aws_profile` in the s3dock profile"
+    )]
+    NoCredentials { detail: String },
+    #[error("cannot reach STS at {endpoint} ({detail}); check the endpoint, your network, and that the service runs")]
+    Unreachable { endpoint: String, detail: String },
+    /// The credentials were refused (HTTP 403, or an error code saying so).
+    #[error(
+        "STS at {endpoint} refused the credentials (HTTP {status}, {said}); check AWS_PROFILE / AWS_ACCESS_KEY_ID and that the keys are active"
+    )]
+    Refused { endpoint: String, status: u16, said: String },
+    /// Any other answer: a server that does not implement STS, an outage.
+    #[error("STS GetCallerIdentity on {endpoint} answered HTTP {status} ({said})")]
+    Failed { endpoint: String, status: u16, said: String },
+    #[error("STS GetCallerIdentity on {endpoint} failed: {detail}")]
+    Other { endpoint: String, detail: String },
+}
+
+impl IdentityError {
+    /// Whether asking again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            IdentityError::Unreachable { .. } => true,
+            IdentityError::Failed { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// Error codes STS (and servers imitating it) use for credentials it will not accept.
+const REFUSED_CODES: [&str; 6] = [
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "UnrecognizedClientException",
+];
+
+/// Asks STS who the credentials are.
+pub async fn caller_identity(s: &StsSettings) -> Result<CallerIdentity, IdentityError> {
+    let sdk = crate::aws::sdk_config(crate::aws::ClientSettings {
+        max_attempts: 2,
+        connect_timeout: Duration::from_secs(3),
+        read_timeout: Duration::from_secs(10),
+        operation_timeout: Duration::from_secs(30),
+        aws_profile: s.aws_profile.as_deref(),
+        region: s.region.as_deref(),
+    })
+    .await;
+    let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    let mut builder = aws_sdk_sts::config::Builder::from(&sdk).region(Region::new(region.clone()));
+    if let Some(ep) = &s.endpoint {
+        builder = builder.endpoint_url(ep);
+    }
+    let shown = s.endpoint.clone().unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+    let client = aws_sdk_sts::Client::from_conf(builder.build());
+    let out = client.get_caller_identity().send().await.map_err(|e| {
+        if has_credentials_error(&e) {
+            return IdentityError::NoCredentials { detail: DisplayErrorContext(&e).to_string() };
+        }
+        match &e {
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+                IdentityError::Unreachable { endpoint: shown.clone(), detail: DisplayErrorContext(&e).to_string() }
+            }
+            SdkError::ServiceError(se) => {
+                let status = se.raw().status().as_u16();
+                let code = se.err().code();
+                let said = match (code, se.err().message()) {
+                    (Some(c), Some(m)) => format!("{c}: {m}"),
+                    (Some(c), None) => c.to_owned(),
+                    (None, Some(m)) => m.to_owned(),
+                    (None, None) => "no reason given".to_owned(),
+                };
+                if status == 403 || code.is_some_and(|c| REFUSED_CODES.contains(&c)) {
+                    IdentityError::Refused { endpoint: shown.clone(), status, said }
+                } else {
+                    IdentityError::Failed { endpoint: shown.clone(), status, said }
+                }
+            }
+            SdkError::ResponseError(re) => {
+                let status = re.raw().status().as_u16();
+                let said = "an answer that is not an STS document".to_owned();
+                if status == 403 {
+                    IdentityError::Refused { endpoint: shown.clone(), status, said }
+                } else {
+                    IdentityError::Failed { endpoint: shown.clone(), status, said }
+                }
+            }
+            _ => IdentityError::Other { endpoint: shown.clone(), detail: DisplayErrorContext(&e).to_string() },
+        }
+    })?;
+    Ok(CallerIdentity {
+        account: out.account().unwrap_or_default().to_owned(),
+        arn: out.arn().unwrap_or_default().to_owned(),
+        user_id: out.user_id().unwrap_or_default().to_owned(),
+    })
+}
