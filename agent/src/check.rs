@@ -14,10 +14,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use s3dock_aws::S3Store;
+use s3dock_aws::sqs::SqsClient;
 use s3dock_core::layout;
 use s3dock_core::registry::{EventMode, Registry};
-use s3dock_core::sqs::SqsClient;
-use s3dock_core::store::{LocalStore, ObjectStore, S3Store};
+use s3dock_core::store::{LocalStore, ObjectStore};
 use s3dock_engine::deploy::{DeploySpec, DriverConfig, HostNetwork, LocalNetwork, traffic_switch};
 use s3dock_engine::{BollardEngine, DockerEngine};
 use serde_json::{Value, json};
@@ -229,7 +230,7 @@ async fn check_queue(config: &AgentConfig, report: &mut CheckReport) {
                 Ok(q) => {
                     report.push(Level::Ok, "queue", format!("{} exists (its DLQ is {})", q.url(), dlq_name(&name)))
                 }
-                Err(s3dock_core::sqs::QueueError::NotFound { .. }) => {
+                Err(s3dock_aws::sqs::QueueError::NotFound { .. }) => {
                     report.push(Level::Ok, "queue", format!("{name} does not exist yet; the agent creates it at start"))
                 }
                 Err(e) => report.push(level_of(e.is_retryable()), "queue", e.to_string()),

@@ -32,9 +32,10 @@ pub mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
+use s3dock_aws::S3Store;
+use s3dock_aws::sqs::SqsClient;
 use s3dock_core::clock::SystemClock;
-use s3dock_core::sqs::SqsClient;
-use s3dock_core::store::{LocalStore, ObjectStore, S3Store};
+use s3dock_core::store::{LocalStore, ObjectStore};
 use s3dock_engine::{BollardEngine, DockerEngine};
 use tokio_util::sync::CancellationToken;
 

@@ -42,12 +42,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use s3dock_aws::sqs::ReceivedMessage;
 use s3dock_core::clock::Clock;
 use s3dock_core::docs::{self, PromotionMessage};
 use s3dock_core::layout;
 use s3dock_core::names::{AppName, EnvName};
 use s3dock_core::registry::{EventMode, Registry};
-use s3dock_core::sqs::ReceivedMessage;
 use s3dock_core::store::ObjectStore;
 use s3dock_engine::DockerEngine;
 use s3dock_engine::deploy::{Deployer, HostNetwork, LocalNetwork, traffic_switch};
@@ -547,9 +547,9 @@ mod tests {
     use std::path::Path;
 
     use async_trait::async_trait;
+    use s3dock_aws::sqs::QueueError;
     use s3dock_core::clock::SystemClock;
     use s3dock_core::docs::AgentRegistration;
-    use s3dock_core::sqs::QueueError;
     use s3dock_core::store::{BoxReader, MemoryStore, read_small};
     use s3dock_engine::{
         BuildOptions, BuildOutcome, ContainerFilter, ContainerInfo, ContainerSpec, ContainerSummary, EngineError,

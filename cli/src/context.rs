@@ -4,10 +4,11 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use s3dock_aws::S3Store;
+use s3dock_aws::sqs::{AccountSource, LazySqsNotifier, SqsConfig};
 use s3dock_core::clock::SystemClock;
 use s3dock_core::registry::{EventMode, Registry};
-use s3dock_core::sqs::{AccountSource, LazySqsNotifier, SqsConfig};
-use s3dock_core::store::{LocalStore, ObjectStore, S3Store};
+use s3dock_core::store::{LocalStore, ObjectStore};
 
 use crate::args::GlobalArgs;
 use crate::config::Events;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use s3dock_core::store::S3Config;
+use s3dock_aws::S3Config;
 
 use crate::args::GlobalArgs;
 use crate::config::{self, ConfigFile, Events, Profile};

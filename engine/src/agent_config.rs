@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use crate::deploy::spec::parse_duration;
 use crate::deploy::{DeploySpec, DriverConfig};
+use s3dock_aws::S3Config;
+use s3dock_aws::sqs::{MAX_VISIBILITY, MAX_WAIT, SqsConfig};
 use s3dock_core::names::{AgentId, AppName, EnvName};
-use s3dock_core::sqs::{MAX_VISIBILITY, MAX_WAIT, SqsConfig};
-use s3dock_core::store::S3Config;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
 

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use s3dock_aws::S3Store;
+use s3dock_aws::sqs::{SqsClient, SqsConfig, SqsNotifier};
 use s3dock_core::events::{EventError, Notifier};
-use s3dock_core::sqs::{SqsClient, SqsConfig, SqsNotifier};
-use s3dock_core::store::{ObjectStore, S3Store};
+use s3dock_core::store::ObjectStore;
 use tokio::sync::Mutex;
 
 use crate::settings::{ConfigError, Settings};

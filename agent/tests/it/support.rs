@@ -12,14 +12,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use s3dock_aws::sqs::{SqsClient, SqsConfig, SqsQueue};
+use s3dock_aws::{S3Config, S3Store};
 use s3dock_core::clock::SystemClock;
 use s3dock_core::docs::{self, AgentRegistration, AuditRecord, DeployDetails};
 use s3dock_core::gzip::GzipOptions;
 use s3dock_core::layout;
 use s3dock_core::names::{AgentId, AppName, EnvName, ImageRef};
 use s3dock_core::registry::{EventMode, HistoryQuery, Registry};
-use s3dock_core::sqs::{SqsClient, SqsConfig, SqsQueue};
-use s3dock_core::store::{S3Config, S3Store, read_small};
+use s3dock_core::store::read_small;
 use s3dock_core::transfer::Progress;
 use s3dock_engine::deploy::{ColorPorts, LABEL_APP, LABEL_ENV};
 use s3dock_engine::ship::{self, GitOverride, PushRequest};
@@ -118,7 +119,7 @@ impl World {
     async fn new(engine: BollardEngine, endpoint: String) -> World {
         let app = unique("agt");
         let bucket = format!("s3dock-agent-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        s3dock_core::testing::create_test_bucket(&endpoint, &bucket).await;
+        s3dock_testkit::s3::create_test_bucket(&endpoint, &bucket).await;
         let mut cfg = S3Config::new(&bucket).unwrap();
         cfg.endpoint = Some(endpoint.clone());
         cfg.path_style = true;
@@ -239,7 +240,7 @@ impl World {
                 endpoint: Some(self.endpoint.clone()),
                 ..SqsConfig::default()
             };
-            let account = match s3dock_core::sqs::caller_account(&sqs).await {
+            let account = match s3dock_aws::sqs::caller_account(&sqs).await {
                 Ok(_) => String::new(),
                 Err(e) => {
                     eprintln!(

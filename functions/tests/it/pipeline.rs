@@ -16,13 +16,14 @@ use aws_sdk_s3::types::{
     NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter, VersioningConfiguration,
 };
 use bytes::Bytes;
+use s3dock_aws::S3Store;
+use s3dock_aws::sqs::{DeadLetter, QueueSettings, ReceiveOptions, ReceivedMessage, SqsClient, SqsConfig, SqsQueue};
 use s3dock_core::clock::{Clock, SystemClock};
 use s3dock_core::docs::{self, AgentRegistration, PromotionMessage, SCHEMA_VERSION};
 use s3dock_core::layout;
 use s3dock_core::names::{AgentId, ObjectKey};
 use s3dock_core::registry::{EventMode, PromoteSource, Registry};
-use s3dock_core::sqs::{DeadLetter, QueueSettings, ReceiveOptions, ReceivedMessage, SqsClient, SqsConfig, SqsQueue};
-use s3dock_core::store::{MemoryStore, ObjectStore, Precondition, S3Store, list_all, read_small};
+use s3dock_core::store::{MemoryStore, ObjectStore, Precondition, list_all, read_small};
 use s3dock_core::testing::seed_image;
 use s3dock_functions::{AwsBackend, Function, Invocation, Kind, Settings};
 use serde_json::{Value, json};
