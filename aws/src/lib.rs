@@ -7,13 +7,17 @@
 //! - [`sqs`]: the SQS client and queues, the promotion fan-out's notifier and the queue-URL
 //!   rules it enforces.
 //! - [`sts`]: who the credentials belong to (GetCallerIdentity).
+//! - [`location`]: the one parser of store locations (`s3://`, `file://`, a directory) and
+//!   the one place a location becomes an open store.
 //! - `error`: the one classifier of SDK failures (credentials, timeout, network, service
 //!   status and code) the three clients map from; `sdk`: how an SDK configuration is loaded.
 mod error;
+pub mod location;
 pub mod s3;
 mod sdk;
 pub mod sqs;
 pub mod sts;
 
+pub use location::Location;
 pub use s3::{S3Config, S3Store};
 pub use sdk::DEFAULT_REGION;
