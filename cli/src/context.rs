@@ -9,9 +9,9 @@ use s3dock_core::clock::SystemClock;
 use s3dock_core::registry::{EventMode, Registry};
 use s3dock_core::store::ObjectStore;
 
-use crate::args::GlobalArgs;
 use crate::config::Events;
 use crate::exit::CliError;
+use crate::flags::GlobalArgs;
 use crate::output::clean;
 use crate::settings::{Environment, Settings, StoreLocation};
 

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use s3dock_aws::location::Base;
 
-use crate::args::GlobalArgs;
 use crate::config::{self, ConfigFile, Events, Profile};
 use crate::exit::CliError;
+use crate::flags::GlobalArgs;
 
 pub const ENV_STORE: &str = "S3DOCK_STORE";
 pub const ENV_PROFILE: &str = "S3DOCK_PROFILE";
