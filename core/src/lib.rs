@@ -19,7 +19,8 @@
 //! - [`duration`]: durations as people write them (`30s`, `24h`, `7d`).
 //! - [`digest`]: MD5, SHA-256 and size of a stream, hashed as it is read, and their check.
 //! - [`gzip`]: parallel streaming gzip for pushes, multi-member streaming gunzip for pulls.
-//! - [`testing`]: fixtures for the workspace's tests (seeded images, test buckets).
+//! - `testing` (tests and the `testing` feature only, through `s3dock-testkit`): seeded images,
+//!   raw writes, a recording notifier.
 pub mod bucket;
 pub mod clock;
 pub mod digest;
@@ -34,6 +35,7 @@ pub mod names;
 pub mod push;
 pub mod registry;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod transfer;
 

@@ -1,11 +1,17 @@
 //! Fixtures shared by the workspace's tests (a dev-dependency only, never published): the
-//! rule for services a test needs, unique names, an S3 store on a real endpoint.
+//! rule for services a test needs, unique names, an S3 store on a real endpoint, nginx on
+//! loopback with an HTTP client and a load loop, seeded images and a recording notifier.
 //!
 //! The rule: a test that needs a service (LocalStack, moto, Docker, nginx...) skips with a
 //! message saying how to start it when it is missing, except in CI (`CI` set), where a
 //! missing service fails the test: the suite must really run there.
 
+pub mod nginx;
 pub mod s3;
+
+pub use s3dock_core::testing::{RecordingNotifier, put_raw, seed_image};
+
+use std::process::{Command, Stdio};
 
 /// Whether the tests run in CI, where every service is required.
 pub fn in_ci() -> bool {
@@ -20,6 +26,18 @@ pub fn skip_unless_ci<T>(what: &str, hint: &str) -> Option<T> {
     }
     eprintln!("skipping: {what} is not available; {hint}");
     None
+}
+
+/// Whether the Docker engine answers (`docker version`); the [`skip_unless_ci`] rule when it
+/// does not.
+pub fn docker_available() -> bool {
+    let ok = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok || skip_unless_ci::<()>("the Docker engine", "start it, or point DOCKER_HOST at one").is_some()
 }
 
 /// The value of the environment variable `var` naming a service (an endpoint URL), or the

@@ -28,6 +28,18 @@ pub fn s3_endpoint() -> Option<String> {
     )
 }
 
+/// The emulator endpoint (LocalStack) for tests that need SQS and S3 events beside S3, which
+/// real AWS cannot give them per test: `None` (with a message) with `aws` or without one.
+pub fn emulator_endpoint() -> Option<String> {
+    match s3_endpoint()? {
+        v if v.eq_ignore_ascii_case("aws") => {
+            eprintln!("skipping: this test needs LocalStack, not AWS (S3DOCK_TEST_S3_ENDPOINT=aws)");
+            None
+        }
+        v => Some(v),
+    }
+}
+
 /// The moto endpoint, if moto runs (it is an optional second target, never required).
 pub fn moto_endpoint() -> Option<String> {
     match std::env::var("S3DOCK_TEST_MOTO_ENDPOINT") {

@@ -194,7 +194,7 @@ async fn once_reconciles_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(MemoryStore::new());
     // A pointer that leads nowhere is an error, not "nothing to deploy".
-    s3dock_core::testing::put_raw(
+    s3dock_testkit::put_raw(
         &*store,
         "pointers/web/production.json",
         r#"{"target_type":"image","target_path":"images/web/202507/web-20250721-2118-f7a5a27.tar.gz","promoted_at":"2025-07-22T10:18:00Z","promoted_by":"t","git_hash":"f7a5a27","git_time":"20250721-2118","seq":1}"#,

@@ -27,21 +27,14 @@ use s3dock_engine::ship::{self, GitOverride, PushRequest};
 use s3dock_engine::{BollardEngine, BuildOptions, ContainerFilter, ContainerSummary, DockerEngine, context_tar};
 use tokio_util::sync::CancellationToken;
 
-pub use s3dock_engine::testing::{Load, NGINX, Nginx, assert_serves, free_port, two_free_ports as two_ports};
+pub use s3dock_testkit::nginx::{Load, NGINX, Nginx, assert_serves, free_port, two_free_ports as two_ports};
 pub const ENV: &str = "production";
 pub const REGION: &str = "us-east-1";
 /// No wait in these tests is longer: a hang is a failure, not a stuck run.
 pub const LONG: Duration = Duration::from_secs(90);
 
-fn ci() -> bool {
-    std::env::var_os("CI").is_some()
-}
-
 fn skip(why: &str) {
-    if ci() {
-        panic!("CI is set but {why}");
-    }
-    eprintln!("SKIPPED: {why}; set CI=1 to make this a failure");
+    s3dock_testkit::skip_unless_ci::<()>(why, "install or start it (tests/services.sh, .ci/run)");
 }
 
 /// Everything one test needs, or `None` (after saying why) when a service is missing.
@@ -53,15 +46,7 @@ pub async fn world(with_nginx: bool) -> Option<World> {
             return None;
         }
     };
-    let endpoint = match std::env::var("S3DOCK_TEST_S3_ENDPOINT") {
-        Ok(v) if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("aws") => v.trim().to_owned(),
-        _ => {
-            skip(
-                "LocalStack is not configured (S3DOCK_TEST_S3_ENDPOINT); run `tests/services.sh localstack-start && eval \"$(tests/services.sh env)\"`",
-            );
-            return None;
-        }
-    };
+    let endpoint = s3dock_testkit::s3::emulator_endpoint()?;
     if with_nginx && !Path::new(NGINX).exists() {
         skip(&format!("{NGINX} is missing (apt-get install nginx)"));
         return None;

@@ -12,15 +12,7 @@ use crate::support::*;
 
 /// Whether the engine answers; panics in CI when it does not.
 fn docker_available() -> bool {
-    let ok = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "CI is set but the Docker engine is unreachable");
-        eprintln!("SKIPPED: no Docker engine (docker version failed)");
-    }
-    ok
+    s3dock_testkit::docker_available()
 }
 
 fn docker(args: &[&str]) -> std::process::Output {

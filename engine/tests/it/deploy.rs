@@ -18,8 +18,8 @@ use s3dock_engine::deploy::{
     HealthSpec, LABEL_APP, LABEL_COLOR, LABEL_ENV, LABEL_IMAGE, Phase, Secret, TrafficConfig, TrafficSwitch,
     container_name, traffic_switch,
 };
-use s3dock_engine::testing::{Load, Nginx, assert_serves, free_port, nginx_available, two_free_ports};
 use s3dock_engine::{BollardEngine, ContainerFilter, DockerEngine, RestartPolicy};
+use s3dock_testkit::nginx::{Load, Nginx, assert_serves, free_port, nginx_available, two_free_ports};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;

@@ -10,8 +10,8 @@ use s3dock_core::layout;
 use s3dock_core::registry::PromoteSource;
 use s3dock_core::store::faults::{Faulty, Op};
 use s3dock_core::store::{MemoryStore, StoreError};
-use s3dock_core::testing::put_raw;
 use s3dock_functions::{Invocation, InvocationError, Kind, RecordResult};
+use s3dock_testkit::put_raw;
 use serde_json::json;
 
 use crate::support::*;

@@ -20,9 +20,9 @@ use s3dock_core::layout;
 use s3dock_core::names::AgentId;
 use s3dock_core::registry::{EventMode, PromoteSource, Registry};
 use s3dock_core::store::{ObjectStore, Precondition};
-use s3dock_core::testing::seed_image;
 use s3dock_functions::{AwsBackend, Function, Invocation, Kind, Settings};
 use s3dock_testkit::s3::create_test_bucket;
+use s3dock_testkit::seed_image;
 use serde_json::{Value, json};
 
 use crate::support::*;

@@ -140,7 +140,7 @@ impl Bed {
     }
 
     pub async fn seed(&self, image: &str) {
-        s3dock_core::testing::seed_image(&*self.store, &img(image), format!("archive of {image}").as_bytes(), start())
+        s3dock_testkit::seed_image(&*self.store, &img(image), format!("archive of {image}").as_bytes(), start())
             .await
             .unwrap();
     }
