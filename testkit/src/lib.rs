@@ -6,6 +6,7 @@
 //! message saying how to start it when it is missing, except in CI (`CI` set), where a
 //! missing service fails the test: the suite must really run there.
 
+pub mod images;
 pub mod nginx;
 pub mod s3;
 

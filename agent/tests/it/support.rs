@@ -147,31 +147,22 @@ impl World {
     /// removes it from the engine, so the agent has to pull it.
     pub async fn push_image(&self, tag: &str, marker: &str, kind: Kind) -> ImageRef {
         let image = ImageRef::parse(&format!("{}:{tag}", self.app)).unwrap();
-        let serve = r#"["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]"#.to_owned();
         let cmd = match kind {
-            Kind::SlowStart(secs) => {
-                format!(r#"["/bin/busybox", "sh", "-c", "sleep {secs}; exec /bin/busybox httpd -f -p 8080 -h /www"]"#)
-            }
-            _ => serve,
+            Kind::SlowStart(secs) => Some(format!(
+                r#"["/bin/busybox", "sh", "-c", "sleep {secs}; exec /bin/busybox httpd -f -p 8080 -h /www"]"#
+            )),
+            _ => None,
         };
-        // The label keeps each test's layers its own (see the engine tests' isolating_label).
-        let dockerfile = format!(
-            "FROM scratch\nLABEL io.s3dock.test.repository=\"{}\"\nCOPY busybox /bin/busybox\nCOPY www /www\nEXPOSE 8080\nCMD {cmd}\n",
-            self.app
-        );
-        let ctx = tempfile::tempdir().unwrap();
-        let write = |name: &str, data: &[u8]| {
-            let p = ctx.path().join(name);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, data).unwrap();
-        };
-        write("Dockerfile", dockerfile.as_bytes());
-        write("busybox", &std::fs::read("/bin/busybox").unwrap());
-        std::fs::set_permissions(ctx.path().join("busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        write("www/index.html", format!("<h1>{marker}</h1>\n").as_bytes());
+        let page = format!("<h1>{marker}</h1>\n");
+        let mut www: Vec<(&str, &[u8])> = vec![("index.html", page.as_bytes())];
         if kind != Kind::NoHealth {
-            write("www/health.html", b"ok\n");
+            www.push(("health.html", b"ok\n"));
         }
+        let ctx = tempfile::tempdir().unwrap();
+        s3dock_testkit::images::write_context(
+            ctx.path(),
+            &s3dock_testkit::images::httpd_files(&self.app.to_string(), cmd.as_deref(), false, &www),
+        );
         let (tar, dockerfile) = context_tar(ctx.path(), &ctx.path().join("Dockerfile")).unwrap();
         let opts = BuildOptions { tags: vec![image.to_string()], dockerfile, ..Default::default() };
         self.engine.build_image(tar, &opts).await.unwrap_or_else(|e| panic!("building {image}: {e}"));
