@@ -58,59 +58,7 @@ use crate::fault::{self, FaultPoint};
 /// The longest wait between two tries of a deploy that keeps failing with the same pointer.
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(3600);
 
-/// Where a service stands, as its registration's `status` says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AgentStatus {
-    /// Started, not reconciled yet.
-    #[default]
-    Starting,
-    /// The pointer's image serves.
-    Converged,
-    /// A pull or deploy is running.
-    Deploying,
-    /// The last deploy (or pull) of the desired image failed; the previous container keeps
-    /// serving.
-    Failed,
-    /// The environment has no pointer: nothing to deploy.
-    NoPointer,
-    /// The last reconcile could not run (`message` says why); the next one tries again.
-    Error,
-    /// The agent stopped (its last registration before exiting).
-    Stopped,
-}
-
-impl AgentStatus {
-    /// The registration's wire value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentStatus::Starting => "starting",
-            AgentStatus::Converged => "converged",
-            AgentStatus::Deploying => "deploying",
-            AgentStatus::Failed => "failed",
-            AgentStatus::NoPointer => "no-pointer",
-            AgentStatus::Error => "error",
-            AgentStatus::Stopped => "stopped",
-        }
-    }
-}
-
-/// The serving container's health, as the registration reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    Healthy,
-    Unhealthy,
-    Unknown,
-}
-
-impl Health {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Healthy => "healthy",
-            Health::Unhealthy => "unhealthy",
-            Health::Unknown => "unknown",
-        }
-    }
-}
+pub use s3dock_core::docs::{AgentStatus, Health};
 
 /// What failed: a deploy (its result), or a pull that retrying at once cannot fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,11 +280,10 @@ impl World {
     pub fn remember_last_failure(&self, svc: &Service) {
         let Ok(Some(state)) = svc.deployer.state(&svc.spec) else { return };
         let (Some(last), Some(seq)) = (state.last_deploy, state.pointer_seq) else { return };
-        let result = match last.result.as_str() {
-            "failed" => DeployResult::Failed,
-            "rolled-back" => DeployResult::RolledBack,
-            _ => return,
-        };
+        let result = last.result;
+        if !result.is_failure() {
+            return;
+        }
         let Ok(image) = ImageRef::parse(&last.image) else { return };
         let retry_at = last.at + chrono::Duration::from_std(self.retry_backoff).unwrap_or(chrono::Duration::hours(1));
         svc.update(|s| {
@@ -623,11 +570,11 @@ impl World {
             image_id: serving.as_ref().and_then(|s| s.image_id.clone()),
             color: serving.as_ref().map(|s| s.color.to_string()),
             since,
-            health: serving.as_ref().map(|_| st.health.unwrap_or(Health::Unknown).as_str().to_owned()),
+            health: serving.as_ref().map(|_| st.health.unwrap_or(Health::Unknown)),
             last_deploy: file.and_then(|f| f.last_deploy),
             pointer_seq: st.converged_seq,
             desired: st.desired.as_ref().map(ImageRef::to_string),
-            status: Some(status_now.as_str().to_owned()),
+            status: Some(status_now),
             message,
         };
         AgentRegistration {

@@ -55,7 +55,7 @@ pub async fn find_metadata(store: &dyn ObjectStore, image: &ImageRef) -> Result<
     let want = format!("{}{}", layout::image_stem(&image.app, &image.tag), layout::JSON_EXT);
     for month in crate::store::list_prefixes(store, &layout::images_prefix(&image.app)).await? {
         let key = ObjectKey::parse(&format!("{month}{want}"))
-            .map_err(|e| StoreError::Other { message: e.to_string(), retryable: false })?;
+            .map_err(|e| StoreError::other_caused(e.to_string(), false, e))?;
         if store.head(&key).await?.is_some() {
             return Ok(Some(key));
         }
@@ -226,7 +226,7 @@ pub async fn archive_copy(
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Other { message: format!("no free archive name for {src} after 100 tries"), retryable: false })
+    Err(StoreError::other(format!("no free archive name for {src} after 100 tries"), false))
 }
 
 /// Archives one version of `src` under a name derived from that version (its write time and

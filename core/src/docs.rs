@@ -632,13 +632,13 @@ impl Document for LeaseDoc {
 }
 
 /// `details` of a `deploy` or host `rollback` record written by an agent or `s3dock deploy`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployDetails {
     pub environment: String,
     pub image_reference: String,
     pub host: String,
     /// `succeeded`, `failed` or `rolled-back`.
-    pub result: String,
+    pub result: DeployResult,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub color: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -658,7 +658,7 @@ pub struct DeployDetails {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployOutcome {
     /// `succeeded`, `failed` or `rolled-back`.
-    pub result: String,
+    pub result: DeployResult,
     pub image: String,
     pub at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -685,7 +685,7 @@ pub struct AgentState {
     pub since: Option<DateTime<Utc>>,
     /// `healthy`, `unhealthy`, `unknown`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<String>,
+    pub health: Option<Health>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_deploy: Option<DeployOutcome>,
     /// The pointer seq the agent last converged on.
@@ -697,7 +697,7 @@ pub struct AgentState {
     /// Where the agent stands: `starting`, `converged`, `deploying`, `failed` (the last deploy
     /// of `desired` did not succeed), `no-pointer`, `error` (the last reconcile could not run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<AgentStatus>,
     /// Why the last reconcile could not run (`status = "error"`), or why nothing is deployed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -760,6 +760,9 @@ impl Document for PromotionMessage {
         Ok(())
     }
 }
+
+mod states;
+pub use states::{AgentStatus, DeployResult, Health};
 
 #[cfg(test)]
 mod tests;

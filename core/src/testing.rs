@@ -55,7 +55,7 @@ pub async fn seed_image(
 
 /// Writes raw bytes at a key (fixtures of hostile or legacy documents).
 pub async fn put_raw(store: &dyn ObjectStore, key: &str, body: impl Into<Bytes>) -> Result<(), StoreError> {
-    let key = ObjectKey::parse(key).map_err(|e| StoreError::Other { message: e.to_string(), retryable: false })?;
+    let key = ObjectKey::parse(key).map_err(|e| StoreError::other(e.to_string(), false))?;
     store.put_bytes(&key, body.into(), Precondition::None).await.map(|_| ())
 }
 

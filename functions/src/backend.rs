@@ -67,7 +67,7 @@ impl Backend for AwsBackend {
         if let Some(s) = stores.get(bucket) {
             return Ok(s.clone());
         }
-        let permanent = |message: String| EventError { message, retryable: false };
+        let permanent = EventError::permanent;
         let cfg = self.settings.s3_config(bucket).map_err(|e| permanent(e.0))?;
         let store = Location::S3(cfg).open().await.map_err(|e| permanent(e.to_string()))?;
         stores.insert(bucket.to_owned(), store.clone());
@@ -76,13 +76,13 @@ impl Backend for AwsBackend {
 
     async fn notifier(&self, account_id: &str) -> Result<Arc<dyn Notifier>, EventError> {
         let Some(sqs) = &self.sqs else {
-            return Err(EventError { message: "this function has no SQS client".into(), retryable: false });
+            return Err(EventError::permanent("this function has no SQS client"));
         };
         let mut notifiers = self.notifiers.lock().await;
         if let Some(n) = notifiers.get(account_id) {
             return Ok(n.clone());
         }
-        let rules = sqs.rules(account_id).map_err(|message| EventError { message, retryable: false })?;
+        let rules = sqs.rules(account_id).map_err(EventError::permanent)?;
         let n: Arc<dyn Notifier> = Arc::new(SqsNotifier::new(sqs.clone(), rules));
         notifiers.insert(account_id.to_owned(), n.clone());
         Ok(n)

@@ -111,7 +111,7 @@ impl From<InvocationError> for Diagnostic {
 }
 
 /// What happened to one S3 record (or to an SQS message that held none).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum RecordResult {
     /// The core handler ran.
     Handled(Outcome),
@@ -157,18 +157,18 @@ impl RecordResult {
                 "auditKey": audit_key.as_ref().map(ObjectKey::as_str),
             }),
             RecordResult::Skipped(why) | RecordResult::Unusable(why) => json!({"reason": why}),
-            RecordResult::Failed(e) => json!({"error": e.message, "retryable": e.retryable}),
+            RecordResult::Failed(e) => json!({"error": e.to_string(), "retryable": e.is_retryable()}),
         }
     }
 
     /// Whether the record must be delivered again.
     pub fn needs_retry(&self) -> bool {
-        matches!(self, RecordResult::Failed(e) if e.retryable)
+        matches!(self, RecordResult::Failed(e) if e.is_retryable())
     }
 }
 
 /// One record's report.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RecordReport {
     /// The SQS message it came in, if any.
     pub message_id: Option<String>,
@@ -179,7 +179,7 @@ pub struct RecordReport {
 }
 
 /// What an invocation did.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Report {
     /// Whether the payload was an SQS batch (the response is then a partial batch response).
     pub sqs: bool,
@@ -206,7 +206,7 @@ impl Report {
             return Err(InvocationError::Retryable {
                 failed: retry.len(),
                 total: self.records.len(),
-                first: format!("{}: {}", first.key, e.message),
+                first: format!("{}: {e}", first.key),
             });
         }
         let records: Vec<Value> = self
@@ -413,10 +413,9 @@ impl Function {
                 // Retryable on purpose: without it no queue can be checked, and handling the
                 // pointer now would take the fan-out's claim and notify nobody. Retried, the
                 // event reaches the DLQ, from where it can be redriven once this is fixed.
-                return Err(EventError {
-                    message: "cannot tell which account agent queues must belong to: the invocation has no function ARN; set S3DOCK_ACCOUNT_ID".into(),
-                    retryable: true,
-                });
+                return Err(EventError::transient(
+                    "cannot tell which account agent queues must belong to: the invocation has no function ARN; set S3DOCK_ACCOUNT_ID",
+                ));
             };
             h = h.with_notifier(self.backend.notifier(account).await?);
         }
@@ -450,7 +449,7 @@ fn log_record(kind: Kind, r: &RecordReport) {
         RecordResult::Unusable(why) => {
             tracing::warn!(function, bucket, key, message, reason = %why, "unusable record acknowledged")
         }
-        RecordResult::Failed(e) if e.retryable => {
+        RecordResult::Failed(e) if e.is_retryable() => {
             tracing::warn!(function, bucket, key, message, error = %e, "failed; will be retried")
         }
         RecordResult::Failed(e) => {

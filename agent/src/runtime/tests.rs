@@ -174,7 +174,7 @@ async fn messages_are_hints_deleted_only_when_handled() {
     // The reconcile the hint triggered was recorded: no pointer, nothing to deploy.
     let reg = registration(&store).await;
     let state = reg.state.unwrap();
-    assert_eq!(state.status.as_deref(), Some("no-pointer"));
+    assert_eq!(state.status.map(|s| s.as_str()), Some("no-pointer"));
     assert_eq!(reg.queue_url.as_deref(), Some(queue.url()));
     assert!(state.image.is_none() && state.health.is_none());
 
@@ -186,7 +186,7 @@ async fn messages_are_hints_deleted_only_when_handled() {
     shutdown.cancel();
     let summary = tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
     assert!(summary.all_converged(), "{summary:?}");
-    assert_eq!(registration(&store).await.state.unwrap().status.as_deref(), Some("stopped"));
+    assert_eq!(registration(&store).await.state.unwrap().status.map(|s| s.as_str()), Some("stopped"));
 }
 
 #[tokio::test]
@@ -209,7 +209,7 @@ async fn once_reconciles_and_reports() {
     assert_eq!(name, "web/production");
     assert!(matches!(outcome, Some(Reconciled::Error { .. })), "{outcome:?}");
     let state = registration(&store).await.state.unwrap();
-    assert_eq!(state.status.as_deref(), Some("error"));
+    assert_eq!(state.status.map(|s| s.as_str()), Some("error"));
     let message = state.message.unwrap();
     assert!(message.contains("points to web:20250721-2118-f7a5a27"), "{message}");
     assert!(registration(&store).await.queue_url.is_none());
@@ -303,11 +303,11 @@ async fn a_worker_that_panics_is_reported_and_started_again() {
         let reg: AgentRegistration = docs::decode(key.as_str(), &bytes).unwrap();
         let state = reg.state.unwrap();
         if state.message.as_deref().is_some_and(|m| m.contains("worker for this service crashed")) {
-            assert_eq!(state.status.as_deref(), Some("error"));
+            assert_eq!(state.status.map(|s| s.as_str()), Some("error"));
             assert!(state.message.as_deref().unwrap().contains("injected panic"), "{:?}", state.message);
             saw_crash = true;
         }
-        if saw_crash && state.status.as_deref() == Some("converged") {
+        if saw_crash && state.status.map(|s| s.as_str()) == Some("converged") {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "no crash reported then convergence: {state:?}");

@@ -36,8 +36,10 @@ async fn a_failing_image_never_gets_traffic_and_rollback_restores_the_previous_o
     let reg = w
         .wait_registration("web-1", "reporting the failed deploy", LONG, |r| {
             r.state.as_ref().is_some_and(|s| {
-                s.status.as_deref() == Some("failed")
-                    && s.last_deploy.as_ref().is_some_and(|d| d.image == bad.to_string() && d.result == "failed")
+                s.status.map(|s| s.as_str()) == Some("failed")
+                    && s.last_deploy
+                        .as_ref()
+                        .is_some_and(|d| d.image == bad.to_string() && d.result.as_str() == "failed")
             })
         })
         .await;

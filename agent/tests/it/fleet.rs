@@ -130,7 +130,7 @@ async fn two_agents_deploy_on_one_promotion_and_the_cli_shows_and_deploys() {
     assert_eq!(record.user, "tester");
     assert!(details.agent_id.is_none());
     assert!(audit_key.contains("-deploy-e000001-production-"), "{audit_key}");
-    assert_eq!(details.result, "succeeded");
+    assert_eq!(details.result.as_str(), "succeeded");
     let r = s3dock(&bin, &w, &args);
     assert_eq!(r.code, 0);
     assert!(r.stdout.starts_with(&format!("{ENV} already runs {v1} on ")), "{}", r.stdout);

@@ -51,7 +51,7 @@ async fn sigterm_during_a_deploy_finishes_or_rolls_back_and_exits_0() {
     assert_eq!(phase(), "idle");
     w.assert_one_container(&v1).await;
     let state = w.registration("web-1").await.unwrap().state.unwrap();
-    assert_eq!(state.status.as_deref(), Some("stopped"));
+    assert_eq!(state.status.map(|s| s.as_str()), Some("stopped"));
     let last = state.last_deploy.unwrap();
     assert_eq!((last.result.as_str(), last.image.as_str()), ("failed", slow.to_string().as_str()));
     assert!(last.message.unwrap_or_default().contains("shutdown"), "{}", agent.log_text());

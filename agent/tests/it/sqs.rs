@@ -20,7 +20,7 @@ async fn a_promotion_reaches_the_agent_through_its_queue_and_the_switch_drops_no
     let mut agent = Agent::start(&w, "web-1", &config, &[]);
     let reg = w
         .wait_registration("web-1", "registered with its queue", LONG, |r| {
-            r.queue_url.is_some() && r.state.as_ref().and_then(|s| s.status.as_deref()) == Some("no-pointer")
+            r.queue_url.is_some() && r.state.as_ref().and_then(|s| s.status.map(|s| s.as_str())) == Some("no-pointer")
         })
         .await;
     let url = reg.queue_url.clone().unwrap();
@@ -43,7 +43,7 @@ async fn a_promotion_reaches_the_agent_through_its_queue_and_the_switch_drops_no
     eprintln!("promotion -> converged on {v1} in {:.1}s (reconcile interval 10 min)", first.as_secs_f64());
     assert!(first < Duration::from_secs(45));
     let state = reg.state.unwrap();
-    assert_eq!(state.health.as_deref(), Some("healthy"));
+    assert_eq!(state.health.map(|h| h.as_str()), Some("healthy"));
     assert_eq!(state.pointer_seq, Some(1));
     assert_eq!(state.last_deploy.as_ref().map(|d| d.result.as_str()), Some("succeeded"));
     assert_serves(nginx.port, "version one").await;
@@ -128,7 +128,7 @@ async fn a_promotion_reaches_the_agent_through_its_queue_and_the_switch_drops_no
     let status = agent.stop(Duration::from_secs(30)).await;
     assert!(status.success(), "{status}:\n{}", agent.log_text());
     let state = w.registration("web-1").await.unwrap().state.unwrap();
-    assert_eq!(state.status.as_deref(), Some("stopped"));
+    assert_eq!(state.status.map(|s| s.as_str()), Some("stopped"));
     assert_eq!(state.image.as_deref(), Some(v2.to_string().as_str()), "stopping leaves the service running");
     w.assert_one_container(&v2).await;
 }

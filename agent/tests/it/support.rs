@@ -298,9 +298,9 @@ impl World {
     pub async fn wait_converged(&self, agent: &str, image: &ImageRef, limit: Duration) -> AgentRegistration {
         let want = image.to_string();
         self.wait_registration(agent, &format!("converged on {want}"), limit, |r| {
-            r.state
-                .as_ref()
-                .is_some_and(|s| s.image.as_deref() == Some(want.as_str()) && s.status.as_deref() == Some("converged"))
+            r.state.as_ref().is_some_and(|s| {
+                s.image.as_deref() == Some(want.as_str()) && s.status.map(|s| s.as_str()) == Some("converged")
+            })
         })
         .await
     }

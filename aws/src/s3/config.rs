@@ -162,7 +162,7 @@ impl S3Config {
 }
 
 pub(super) fn config_error(message: String) -> StoreError {
-    StoreError::Other { message, retryable: false }
+    StoreError::other(message, false)
 }
 
 /// S3's bucket naming rules (general purpose buckets).

@@ -24,12 +24,12 @@ impl S3Store {
             // AWS documents If-Match on CopyObject, but LocalStack and moto ignore it, and a
             // look-then-copy emulation would be exactly the race compare-and-swap exists to
             // prevent. Nothing in s3dock needs it.
-            return Err(StoreError::Other {
-                message: format!(
+            return Err(StoreError::other(
+                format!(
                     "copying onto {dst} with an If-Match precondition is not supported by the S3 store; copy to a new key with IfAbsent, or read the source and put_bytes with IfMatch"
                 ),
-                retryable: false,
-            });
+                false,
+            ));
         }
         let src_info = self.head_object(src).await?.ok_or_else(|| StoreError::NotFound { key: src.to_string() })?;
         if precondition == Precondition::IfAbsent {
@@ -168,7 +168,7 @@ impl Upload {
 
 /// The copy source no longer has the ETag the copy started from.
 fn source_changed(src: &ObjectKey) -> StoreError {
-    StoreError::Other { message: format!("{src} changed while it was being copied; try again"), retryable: true }
+    StoreError::other(format!("{src} changed while it was being copied; try again"), true)
 }
 
 /// `bucket/key` for CopySource, the key percent-encoded (keys may hold spaces, `+`, `%`...).

@@ -60,31 +60,34 @@ impl ErrCtx {
                 endpoint: self.endpoint.clone(),
                 detail: format!("{doing} {key}: {}", error_chain(&err)),
             },
-            Failure::Dispatch { transient } => StoreError::Other {
-                message: format!(
+            Failure::Dispatch { transient } => StoreError::other_caused(
+                format!(
                     "{doing} {key} on {} failed before the request was answered: {}; check the endpoint and region settings",
                     self.url,
                     error_chain(&err)
                 ),
-                retryable: transient,
-            },
-            Failure::Unreadable { .. } => StoreError::Other {
-                message: format!(
+                transient,
+                err,
+            ),
+            Failure::Unreadable { .. } => StoreError::other_caused(
+                format!(
                     "{doing} {key} on {}: the response could not be read ({}); try again, and check that {} is an S3 endpoint",
                     self.url,
                     error_chain(&err),
                     self.endpoint
                 ),
-                retryable: true,
-            },
-            Failure::Construction => StoreError::Other {
-                message: format!(
+                true,
+                err,
+            ),
+            Failure::Construction => StoreError::other_caused(
+                format!(
                     "{doing} {key} on {}: the request could not be built ({}); check the store settings (bucket, prefix, region, endpoint)",
                     self.url,
                     error_chain(&err)
                 ),
-                retryable: false,
-            },
+                false,
+                err,
+            ),
         }
     }
 
@@ -102,13 +105,13 @@ impl ErrCtx {
             return StoreError::PreconditionFailed { key: key.to_owned() };
         }
         if code_s == "NoSuchUpload" {
-            return StoreError::Other {
-                message: format!(
+            return StoreError::other(
+                format!(
                     "{doing} {key} on {}: the multipart upload was aborted meanwhile (by a lifecycle rule or another process); start the upload again",
                     self.url
                 ),
-                retryable: true,
-            };
+                true,
+            );
         }
         if status == 404 {
             return StoreError::NotFound { key: key.to_owned() };
@@ -122,41 +125,38 @@ impl ErrCtx {
                 "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException"
             )
         {
-            return StoreError::Other {
-                message: format!(
+            return StoreError::other(
+                format!(
                     "{doing} {key} on {}: {said}; the bucket is probably in another region: set the store's region to the bucket's",
                     self.url
                 ),
-                retryable: false,
-            };
+                false,
+            );
         }
         if status >= 500 || status == 429 || TRANSIENT_CODES.contains(&code_s) {
-            return StoreError::Other {
-                message: format!(
+            return StoreError::other(
+                format!(
                     "{doing} {key} on {}: {said} (HTTP {status}); S3 is busy or failing, try again later",
                     self.url
                 ),
-                retryable: true,
-            };
+                true,
+            );
         }
-        StoreError::Other {
-            message: format!(
+        StoreError::other(
+            format!(
                 "{doing} {key} on {} failed: {said} (HTTP {status}); check the request and that {} supports it",
                 self.url, self.endpoint
             ),
-            retryable: false,
-        }
+            false,
+        )
     }
 
     /// The service answered but not as S3 does.
     pub(super) fn protocol(&self, what: &str, key: &ObjectKey) -> StoreError {
-        StoreError::Other {
-            message: format!(
-                "{key} on {}: {what}; check that {} is an S3-compatible endpoint",
-                self.url, self.endpoint
-            ),
-            retryable: false,
-        }
+        StoreError::other(
+            format!("{key} on {}: {what}; check that {} is an S3-compatible endpoint", self.url, self.endpoint),
+            false,
+        )
     }
 }
 

@@ -77,10 +77,7 @@ impl S3Store {
                 };
                 if opts.offset < info.size {
                     // The object grew between the two requests: let the caller try again.
-                    return Err(StoreError::Other {
-                        message: format!("{key} changed while it was being read; try again"),
-                        retryable: true,
-                    });
+                    return Err(StoreError::other(format!("{key} changed while it was being read; try again"), true));
                 }
                 Ok(GetObject { info, body: reader_from_bytes(Bytes::new()) })
             }

@@ -277,7 +277,7 @@ impl Upload {
 }
 
 pub(super) fn join_error(key: &ObjectKey, e: tokio::task::JoinError) -> StoreError {
-    StoreError::Other { message: format!("a part upload task for {key} failed: {e}"), retryable: false }
+    StoreError::other_caused(format!("a part upload task for {key} failed: {e}"), false, e)
 }
 
 /// Reads up to `size` bytes, fewer only at the end of the body, into a buffer that starts at

@@ -11,7 +11,7 @@ use s3dock_core::events::EventError;
 use crate::error::{Failure, ServiceFailure, classify, error_chain};
 
 /// What went wrong talking to SQS. Each message says what to do next.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("queue {queue} does not exist; create it, or fix the queue URL in the agent's registration")]
     NotFound { queue: String },
@@ -29,7 +29,13 @@ pub enum QueueError {
     #[error("{message}")]
     Invalid { message: String },
     #[error("{message}")]
-    Other { message: String, retryable: bool },
+    Other {
+        message: String,
+        retryable: bool,
+        /// The failure underneath, when there is one (the SDK error).
+        #[source]
+        source: Option<Box<dyn StdError + Send + Sync>>,
+    },
 }
 
 impl QueueError {
@@ -43,9 +49,25 @@ impl QueueError {
     }
 }
 
+impl QueueError {
+    /// A failure without a cause underneath.
+    pub fn other(message: impl Into<String>, retryable: bool) -> Self {
+        QueueError::Other { message: message.into(), retryable, source: None }
+    }
+
+    /// A failure caused by `source`, which stays reachable through [`StdError::source`].
+    pub fn other_caused(
+        message: impl Into<String>,
+        retryable: bool,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        QueueError::Other { message: message.into(), retryable, source: Some(Box::new(source)) }
+    }
+}
+
 impl From<QueueError> for EventError {
     fn from(e: QueueError) -> Self {
-        EventError { retryable: e.is_retryable(), message: e.to_string() }
+        EventError::Other { retryable: e.is_retryable(), message: e.to_string() }
     }
 }
 
@@ -92,17 +114,19 @@ where
             endpoint: endpoint.to_owned(),
             detail: format!("{doing} {queue}: {}", error_chain(&err)),
         },
-        Failure::Dispatch { .. } | Failure::Unreadable { .. } => QueueError::Other {
-            message: format!("{doing} {queue} on {endpoint}: {}; try again later", error_chain(&err)),
-            retryable: true,
-        },
-        Failure::Construction => QueueError::Other {
-            message: format!(
+        Failure::Dispatch { .. } | Failure::Unreadable { .. } => QueueError::other_caused(
+            format!("{doing} {queue} on {endpoint}: {}; try again later", error_chain(&err)),
+            true,
+            err,
+        ),
+        Failure::Construction => QueueError::other_caused(
+            format!(
                 "{doing} {queue}: the request could not be built ({}); check the queue URL and the SQS settings",
                 error_chain(&err)
             ),
-            retryable: false,
-        },
+            false,
+            err,
+        ),
     }
 }
 
@@ -127,15 +151,15 @@ fn classify_service_error(
         return QueueError::AccessDenied { queue: queue.to_owned(), detail: format!("{doing} {queue}: {said}") };
     }
     if status >= 500 || status == 429 || TRANSIENT_CODES.contains(&code) {
-        return QueueError::Other {
-            message: format!("{doing} {queue}: {said} (HTTP {status}); SQS is busy or failing, try again later"),
-            retryable: true,
-        };
+        return QueueError::other(
+            format!("{doing} {queue}: {said} (HTTP {status}); SQS is busy or failing, try again later"),
+            true,
+        );
     }
-    QueueError::Other {
-        message: format!("{doing} {queue} failed: {said} (HTTP {status}); check the queue URL and the request"),
-        retryable: false,
-    }
+    QueueError::other(
+        format!("{doing} {queue} failed: {said} (HTTP {status}); check the queue URL and the request"),
+        false,
+    )
 }
 
 #[cfg(test)]
@@ -160,9 +184,9 @@ mod tests {
             assert!(!c(status, code).is_retryable(), "{status} {code}");
         }
         let e: EventError = c(400, "QueueDoesNotExist").into();
-        assert!(!e.retryable && e.message.contains("does not exist"), "{e:?}");
+        assert!(!e.is_retryable() && e.to_string().contains("does not exist"), "{e:?}");
         let e: EventError = c(503, "ServiceUnavailable").into();
-        assert!(e.retryable);
+        assert!(e.is_retryable());
         assert!(QueueError::Unreachable { endpoint: "e".into(), detail: "d".into() }.is_retryable());
     }
 }

@@ -182,10 +182,7 @@ impl SqsClient {
     }
 
     pub(super) fn protocol(&self, what: &str, queue: &str) -> QueueError {
-        QueueError::Other {
-            message: format!("{queue}: {what}; check that {} is an SQS endpoint", self.shown_endpoint),
-            retryable: false,
-        }
+        QueueError::other(format!("{queue}: {what}; check that {} is an SQS endpoint", self.shown_endpoint), false)
     }
 }
 
@@ -225,14 +222,14 @@ pub async fn caller_account(cfg: &SqsConfig) -> Result<String, QueueError> {
         IdentityError::Unreachable { endpoint, detail } => {
             QueueError::Unreachable { endpoint, detail: format!("STS GetCallerIdentity: {detail}; {hint}") }
         }
-        other => QueueError::Other {
-            retryable: other.is_retryable(),
-            message: format!("cannot learn the AWS account id ({other}); {hint}"),
-        },
+        other => QueueError::other_caused(
+            format!("cannot learn the AWS account id ({other}); {hint}"),
+            other.is_retryable(),
+            other,
+        ),
     })?;
-    check_account(&id.account).map_err(|why| QueueError::Other {
-        message: format!("STS GetCallerIdentity returned no usable account ({why}); {hint}"),
-        retryable: false,
+    check_account(&id.account).map_err(|why| {
+        QueueError::other(format!("STS GetCallerIdentity returned no usable account ({why}); {hint}"), false)
     })?;
     Ok(id.account)
 }

@@ -32,7 +32,7 @@ impl Notifier for SqsNotifier {
 
     async fn send(&self, queue_url: &str, body: &str) -> Result<(), EventError> {
         // Checked again here: `send` must be safe whoever calls it.
-        self.rules.check(queue_url).map_err(|why| EventError { message: why, retryable: false })?;
+        self.rules.check(queue_url).map_err(EventError::permanent)?;
         self.client.queue(queue_url).send(body).await?;
         Ok(())
     }
@@ -119,6 +119,6 @@ mod tests {
         assert!(n.check_queue("http://127.0.0.1:4566/queue/us-east-1/111111111111/x").unwrap_err().contains("account"));
         let bad = LazySqsNotifier::new(SqsConfig::default(), AccountSource::Given("12345".into()));
         let e = bad.prepare().await.unwrap_err();
-        assert!(!e.retryable && e.message.contains("12-digit"), "{e:?}");
+        assert!(!e.is_retryable() && e.to_string().contains("12-digit"), "{e:?}");
     }
 }

@@ -722,7 +722,7 @@ async fn s3_copy_with_if_match_is_refused() {
     f.store.put_bytes(&src, Bytes::from_static(b"src"), Precondition::None).await.expect("put");
     let v = f.store.put_bytes(&dst, Bytes::from_static(b"dst"), Precondition::None).await.expect("put");
     let e = f.store.copy(&src, &dst, Precondition::IfMatch(v.etag)).await.unwrap_err();
-    assert!(matches!(&e, StoreError::Other { retryable: false, message } if message.contains("If-Match")), "{e:?}");
+    assert!(matches!(&e, StoreError::Other { retryable: false, message, .. } if message.contains("If-Match")), "{e:?}");
     assert_eq!(
         read_to_vec(f.store.get(&dst, GetOptions::default()).await.expect("get").body).await.expect("read"),
         b"dst"

@@ -98,7 +98,7 @@ pub(crate) fn event_json(event: &Option<Result<Outcome, EventError>>) -> Value {
             "reason": reason,
             "audit_key": audit_key.as_ref().map(|k| k.as_str()),
         }),
-        Some(Err(e)) => json!({"status": "failed", "error": e.message, "retryable": e.retryable}),
+        Some(Err(e)) => json!({"status": "failed", "error": e.to_string(), "retryable": e.is_retryable()}),
     }
 }
 

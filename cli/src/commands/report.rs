@@ -232,7 +232,7 @@ fn fleet_table(out: &mut String, f: &Fleet) {
     for a in &f.agents {
         let r = &a.registration;
         let s = a.state();
-        let health = match s.health.as_deref() {
+        let health = match s.health.map(|h| h.as_str()) {
             Some("healthy") => "<span class=\"badge ok\">healthy</span>".to_owned(),
             Some(h) => format!("<span class=\"badge warn\">{}</span>", esc(h)),
             None => "<span class=\"badge muted\">unknown</span>".to_owned(),
@@ -241,8 +241,8 @@ fn fleet_table(out: &mut String, f: &Fleet) {
             .last_deploy
             .as_ref()
             .map(|d| {
-                let class = if d.result == "succeeded" { "ok" } else { "bad" };
-                format!("<span class=\"badge {class}\">{}</span> {}", esc(&d.result), esc(&time(&d.at)))
+                let class = if d.result.as_str() == "succeeded" { "ok" } else { "bad" };
+                format!("<span class=\"badge {class}\">{}</span> {}", esc(d.result.as_str()), esc(&time(&d.at)))
             })
             .unwrap_or_else(|| "-".into());
         let heartbeat = format!(

@@ -52,7 +52,7 @@ fn registration(id: &str, image: Option<&str>, heartbeat_age: Duration) -> Agent
         last_heartbeat: Utc::now() - heartbeat_age,
         state: Some(AgentState {
             image: image.map(str::to_owned),
-            health: Some("healthy".into()),
+            health: Some(docs::Health::Healthy),
             ..AgentState::default()
         }),
         version: None,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use chrono::{Duration, Utc};
-use s3dock_core::docs::{self, AgentRegistration, AgentState, DeployOutcome, SCHEMA_VERSION};
+use s3dock_core::docs::{self, AgentRegistration, AgentState, DeployOutcome, DeployResult, Health, SCHEMA_VERSION};
 use s3dock_core::names::{AgentId, AppName, EnvName};
 
 use crate::stats::{I2, I3, I4, write_history};
@@ -44,7 +44,7 @@ fn browse(chromium: &Path, home: &Path, args: &[&str], page: &Path) -> String {
     String::from_utf8(out.stdout).expect("utf-8 DOM")
 }
 
-fn registration(env: &str, id: &str, image: &str, age: Duration, result: &str) -> AgentRegistration {
+fn registration(env: &str, id: &str, image: &str, age: Duration, result: DeployResult) -> AgentRegistration {
     AgentRegistration {
         schema_version: Some(SCHEMA_VERSION),
         agent_id: AgentId::parse(id).unwrap(),
@@ -56,10 +56,10 @@ fn registration(env: &str, id: &str, image: &str, age: Duration, result: &str) -
         state: Some(AgentState {
             image: Some(image.into()),
             color: Some("green".into()),
-            health: Some(if result == "succeeded" { "healthy" } else { "unhealthy" }.into()),
+            health: Some(if result == DeployResult::Succeeded { Health::Healthy } else { Health::Unhealthy }),
             last_deploy: Some(DeployOutcome {
-                result: result.into(),
-                image: if result == "succeeded" { image.into() } else { I4.into() },
+                result,
+                image: if result == DeployResult::Succeeded { image.into() } else { I4.into() },
                 at: Utc::now() - age,
                 message: None,
                 duration_ms: Some(12_000),
@@ -76,9 +76,9 @@ pub fn fleet_store(sb: &Sandbox) {
     sb.s3dock(&["promote", I3, "production"]).ok();
     sb.s3dock(&["promote", I4, "staging"]).ok();
     for r in [
-        registration("production", "a", I3, Duration::seconds(20), "succeeded"),
-        registration("production", "b", I3, Duration::hours(5), "succeeded"),
-        registration("staging", "s1", I2, Duration::seconds(40), "failed"),
+        registration("production", "a", I3, Duration::seconds(20), DeployResult::Succeeded),
+        registration("production", "b", I3, Duration::hours(5), DeployResult::Succeeded),
+        registration("staging", "s1", I2, Duration::seconds(40), DeployResult::Failed),
     ] {
         let key = format!("agents/shop/{}/{}.json", r.environment, r.agent_id);
         put_raw(&sb.store, &key, std::str::from_utf8(&docs::encode(&r)).unwrap());

@@ -116,34 +116,48 @@ pub enum Outcome {
 
 /// A failed event. `retryable` drives the Lambda's answer: retryable errors fail the item so
 /// it is redelivered; permanent ones are logged (and audited where possible) and acknowledged.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct EventError {
-    pub message: String,
-    pub retryable: bool,
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// A registry or store failure, retried when [`Error::is_retryable`] says so.
+    #[error(transparent)]
+    Core(#[from] Error),
+    /// Anything else: a queue, the function's settings, a document too new to judge.
+    #[error("{message}")]
+    Other { message: String, retryable: bool },
 }
 
-impl From<Error> for EventError {
-    fn from(e: Error) -> Self {
-        EventError { retryable: e.is_retryable(), message: e.to_string() }
+impl EventError {
+    /// A failure that redelivery cannot fix.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        EventError::Other { message: message.into(), retryable: false }
+    }
+
+    /// A failure that may pass when the event is delivered again.
+    pub fn transient(message: impl Into<String>) -> Self {
+        EventError::Other { message: message.into(), retryable: true }
+    }
+
+    /// Whether the event should be delivered again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            EventError::Core(e) => e.is_retryable(),
+            EventError::Other { retryable, .. } => *retryable,
+        }
     }
 }
 
 impl From<StoreError> for EventError {
     fn from(e: StoreError) -> Self {
-        Error::from(e).into()
+        EventError::Core(e.into())
     }
 }
 
 /// A document of a newer schema: retried, never judged. It waits in the DLQ after the
 /// queue's receive limit until the functions are upgraded and the DLQ is redriven.
 fn newer_schema(e: &DocError) -> EventError {
-    EventError {
-        message: format!(
-            "{e}; this function is older than the s3dock that wrote it: upgrade the functions, then redrive the dead-letter queue (the document is left untouched)"
-        ),
-        retryable: true,
-    }
+    EventError::transient(format!(
+        "{e}; this function is older than the s3dock that wrote it: upgrade the functions, then redrive the dead-letter queue (the document is left untouched)"
+    ))
 }
 
 /// Delivers promotion messages to agent queues.

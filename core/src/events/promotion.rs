@@ -216,7 +216,7 @@ async fn notify_agent(notifier: &dyn Notifier, clock: &dyn Clock, id: &str, url:
     loop {
         match notifier.send(url, body).await {
             Ok(()) => return Some(id.to_owned()),
-            Err(e) if e.retryable && attempt < 3 => {
+            Err(e) if e.is_retryable() && attempt < 3 => {
                 attempt += 1;
                 Backoff::TRANSIENT.wait(clock, attempt).await;
             }

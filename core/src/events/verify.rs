@@ -72,7 +72,7 @@ impl Handlers {
             return Ok(Outcome::Duplicate { audit_key });
         }
         let archive_key = bucket::archive_key(meta_key, &meta)
-            .ok_or_else(|| EventError { message: format!("{meta_key}: no archive key"), retryable: false })?;
+            .ok_or_else(|| EventError::permanent(format!("{meta_key}: no archive key")))?;
         let mut current = doc.current;
         let verified = if !current {
             // Replaced by a later push before this event was handled: that push archived this
@@ -175,9 +175,9 @@ impl Handlers {
                 let handle = reader.handle();
                 tokio::io::copy(&mut reader, &mut tokio::io::sink())
                     .await
-                    .map_err(|e| EventError { message: format!("reading {archive_key}: {e}"), retryable: true })?;
+                    .map_err(|e| EventError::transient(format!("reading {archive_key}: {e}")))?;
                 let Some(d) = handle.digests() else {
-                    return Err(EventError { message: format!("{archive_key}: read ended early"), retryable: true });
+                    return Err(EventError::transient(format!("{archive_key}: read ended early")));
                 };
                 Ok(Ok((d, "download")))
             }

@@ -607,7 +607,7 @@ struct UnpreparedNotifier {
 impl crate::events::Notifier for UnpreparedNotifier {
     async fn prepare(&self) -> Result<(), crate::events::EventError> {
         self.prepared.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Err(crate::events::EventError { message: "no account id".into(), retryable: false })
+        Err(crate::events::EventError::permanent("no account id"))
     }
     fn check_queue(&self, _: &str) -> Result<(), String> {
         panic!("check_queue before a successful prepare")
@@ -740,7 +740,7 @@ async fn a_document_of_a_newer_schema_is_refused_retryably_never_destroyed() {
     let handlers = lambda_handlers(f.store.clone(), f.clock.clone());
     for key in [&meta_key, &tag_key] {
         let e = handlers.handle(&event_for(&*f.store, key).await).await.unwrap_err();
-        assert!(e.retryable, "{e}");
+        assert!(e.is_retryable(), "{e}");
         assert!(e.to_string().contains("upgrade the functions"), "{e}");
         assert!(f.store.head(key).await.unwrap().is_some(), "{key} is left where it is");
     }

@@ -139,7 +139,7 @@ impl LocalStore {
         let tmp2 = tmp.clone();
         let res = tokio::task::spawn_blocking(move || this.commit_blocking(&key2, &tmp2, &precondition))
             .await
-            .map_err(|e| StoreError::Other { message: format!("local store task failed: {e}"), retryable: false })
+            .map_err(|e| StoreError::other_caused(format!("local store task failed: {e}"), false, e))
             .and_then(|r| r);
         if res.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -213,7 +213,7 @@ impl LocalStore {
             }
         })
         .await
-        .map_err(|e| StoreError::Other { message: format!("local store task failed: {e}"), retryable: false })?
+        .map_err(|e| StoreError::other_caused(format!("local store task failed: {e}"), false, e))?
     }
 
     fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<(String, ObjectInfo)>) -> Result<(), StoreError> {
@@ -326,7 +326,7 @@ impl ObjectStore for LocalStore {
             Ok(paginate(found.iter().map(|(k, i)| (k.as_str(), i.clone())), &prefix, delimited, token.as_deref(), 1000))
         })
         .await
-        .map_err(|e| StoreError::Other { message: format!("local store task failed: {e}"), retryable: false })?
+        .map_err(|e| StoreError::other_caused(format!("local store task failed: {e}"), false, e))?
     }
 
     async fn copy(

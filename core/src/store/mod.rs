@@ -220,10 +220,30 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("{message}")]
-    Other { message: String, retryable: bool },
+    Other {
+        message: String,
+        retryable: bool,
+        /// The failure underneath, when there is one (an SDK error, a task's panic).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 impl StoreError {
+    /// A failure without a cause underneath.
+    pub fn other(message: impl Into<String>, retryable: bool) -> Self {
+        StoreError::Other { message: message.into(), retryable, source: None }
+    }
+
+    /// A failure caused by `source`, which stays reachable through [`std::error::Error::source`].
+    pub fn other_caused(
+        message: impl Into<String>,
+        retryable: bool,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Other { message: message.into(), retryable, source: Some(Box::new(source)) }
+    }
+
     /// Whether the same request may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {

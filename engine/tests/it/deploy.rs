@@ -289,7 +289,7 @@ async fn a_new_image_takes_traffic_through_nginx_without_a_failed_request() {
     assert_eq!(audit.len(), 2, "{audit:#?}");
     for (event, d) in &audit {
         assert_eq!(event, "deploy");
-        assert_eq!(d.result, "succeeded");
+        assert_eq!(d.result.as_str(), "succeeded");
         assert_eq!(d.host, "test-host");
         assert_eq!(d.environment, ENV);
         assert_eq!(d.pointer_seq, Some(7));
@@ -446,7 +446,7 @@ async fn a_failed_verification_switches_back() {
     let audit = svc.audit_details().await;
     assert_eq!(audit.len(), 2);
     assert_eq!(audit[1].0, "rollback");
-    assert_eq!(audit[1].1.result, "rolled-back");
+    assert_eq!(audit[1].1.result.as_str(), "rolled-back");
     assert!(report.audit.unwrap().unwrap().as_str().contains("-rollback-c000002-"));
 }
 

@@ -268,7 +268,7 @@ async fn an_older_pointer_event_after_a_newer_one_sends_nothing_stale() {
 }
 
 fn retryable(key: &str) -> StoreError {
-    StoreError::Other { message: format!("injected: S3 is busy reading {key}"), retryable: true }
+    StoreError::other(format!("injected: S3 is busy reading {key}"), true)
 }
 
 #[tokio::test]
@@ -281,10 +281,8 @@ async fn partial_batch_failure_names_only_the_retryable_message() {
     }
     // v1 fails once with a retryable error, v3 with a permanent one.
     faulty.fail(Op::Get, "tags/myapp/v1.0.0", 1, retryable);
-    faulty.fail(Op::Get, "tags/myapp/v3.0.0", 1, |k| StoreError::Other {
-        message: format!("injected: {k} refused for good"),
-        retryable: false,
-    });
+    faulty
+        .fail(Op::Get, "tags/myapp/v3.0.0", 1, |k| StoreError::other(format!("injected: {k} refused for good"), false));
     let batch = sqs_event(&[
         s3_body("b", "tags/myapp/v1.0.0.json", None),
         s3_body("b", "tags/myapp/v2.0.0.json", None),
@@ -293,9 +291,9 @@ async fn partial_batch_failure_names_only_the_retryable_message() {
     ]);
     let f = bed.function(Kind::RecordTag);
     let report = f.process(&batch, &invocation()).await.unwrap();
-    assert!(matches!(&report.records[0].result, RecordResult::Failed(e) if e.retryable));
+    assert!(matches!(&report.records[0].result, RecordResult::Failed(e) if e.is_retryable()));
     assert!(matches!(&report.records[1].result, RecordResult::Handled(Outcome::Recorded { .. })));
-    assert!(matches!(&report.records[2].result, RecordResult::Failed(e) if !e.retryable));
+    assert!(matches!(&report.records[2].result, RecordResult::Failed(e) if !e.is_retryable()));
     assert!(matches!(&report.records[3].result, RecordResult::Unusable(why) if why.contains("not JSON")));
     assert_eq!(report.response().unwrap(), json!({"batchItemFailures": [{"itemIdentifier": "msg-0"}]}));
     assert_eq!(bed.audit_of("tag").await.len(), 1);
@@ -341,7 +339,7 @@ async fn the_fanout_needs_an_account_to_check_queues() {
     let no_arn = Invocation { request_id: "r".into(), function_arn: None };
     let report = f.process(&one(POINTER), &no_arn).await.unwrap();
     assert!(
-        matches!(&report.records[0].result, RecordResult::Failed(e) if e.retryable && e.message.contains("S3DOCK_ACCOUNT_ID"))
+        matches!(&report.records[0].result, RecordResult::Failed(e) if e.is_retryable() && e.to_string().contains("S3DOCK_ACCOUNT_ID"))
     );
     assert_eq!(report.response().unwrap(), json!({"batchItemFailures": [{"itemIdentifier": "msg-0"}]}));
     assert!(bed.audit().await.is_empty(), "the claim was not taken, so a later delivery still notifies");

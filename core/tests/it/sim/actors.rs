@@ -126,9 +126,7 @@ impl Notifier for SimNotifier {
 
     async fn send(&self, queue_url: &str, body: &str) -> Result<(), EventError> {
         match self.sched.gate(GateKind::Write, format!("sqs send {queue_url}")).await {
-            Decision::FailBefore | Decision::Throttle => {
-                Err(EventError { message: "injected: SQS unavailable".into(), retryable: true })
-            }
+            Decision::FailBefore | Decision::Throttle => Err(EventError::transient("injected: SQS unavailable")),
             Decision::Crash { .. } => std::future::pending().await,
             Decision::Proceed | Decision::LoseResponse => {
                 self.sent.lock().unwrap_or_else(|p| p.into_inner()).push((queue_url.to_owned(), body.to_owned()));
@@ -355,7 +353,7 @@ impl World {
             self.sched.note(format!("fn{slot} event #{} -> {result:?}", ev.id));
             self.in_flight.lock().unwrap_or_else(|p| p.into_inner())[slot] = None;
             if let Err(e) = &result
-                && e.retryable
+                && e.is_retryable()
             {
                 ev.not_before = self.sched.step() + 3;
                 self.redeliver(ev.clone());

@@ -84,7 +84,7 @@ pub struct SimStore {
 }
 
 fn injected(what: &str, key: &str) -> StoreError {
-    StoreError::Other { message: format!("injected: {what} on {key}"), retryable: true }
+    StoreError::other(format!("injected: {what} on {key}"), true)
 }
 
 /// Whether the stack's bucket notifications fire for a write at `key`.

@@ -26,7 +26,7 @@ impl Run<'_> {
             environment: self.spec.env.to_string(),
             image_reference: report.image.to_string(),
             host: self.d.host.clone(),
-            result: report.result.as_str().to_owned(),
+            result: report.result,
             color: report.color.map(|c| c.to_string()),
             previous_image: report.previous_image.clone(),
             message: report.message.clone(),

@@ -47,45 +47,8 @@ impl DeployRequest {
     }
 }
 
-/// How a deploy ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeployResult {
-    /// Traffic is on a new container of the image.
-    Succeeded,
-    /// The image was already serving and healthy: nothing done, nothing audited.
-    Unchanged,
-    /// The deploy was abandoned; traffic stays on the previous container.
-    Failed,
-    /// Traffic reached the new container, failed there, and was switched back.
-    RolledBack,
-    /// Abandoned before the switch because the caller wants something else now (the pointer
-    /// moved); traffic stays on the previous container. Not the image's fault.
-    Superseded,
-}
-
-impl DeployResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeployResult::Succeeded => "succeeded",
-            DeployResult::Unchanged => "unchanged",
-            DeployResult::Failed => "failed",
-            DeployResult::RolledBack => "rolled-back",
-            DeployResult::Superseded => "superseded",
-        }
-    }
-
-    /// `failed` and `rolled-back`: the image (or its verification) failed, and trying the same
-    /// image again at once would fail the same way.
-    pub fn is_failure(self) -> bool {
-        matches!(self, DeployResult::Failed | DeployResult::RolledBack)
-    }
-}
-
-impl std::fmt::Display for DeployResult {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How a deploy ended: the word its audit record and the agent's registration carry.
+pub use s3dock_core::docs::DeployResult;
 
 /// What settling an interrupted deploy did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +97,7 @@ impl DeployReport {
     /// The summary an agent puts in its registration.
     pub fn outcome(&self, at: chrono::DateTime<chrono::Utc>) -> DeployOutcome {
         DeployOutcome {
-            result: self.result.as_str().to_owned(),
+            result: self.result,
             image: self.image.to_string(),
             at,
             message: self.message.clone(),
