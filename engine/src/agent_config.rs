@@ -15,7 +15,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::deploy::spec::parse_duration;
 use crate::deploy::{DeploySpec, DriverConfig};
 use s3dock_aws::location::Base;
 use s3dock_aws::sqs::{MAX_VISIBILITY, MAX_WAIT, SqsConfig};
@@ -72,26 +71,7 @@ pub struct Dur(pub Duration);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Dur;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration with a unit, such as \"500ms\", \"20s\" or \"5m\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {
-                parse_duration(v).map(Dur).map_err(E::custom)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                Err(E::custom(format!("{v} has no unit; write it as a string with one, e.g. \"{v}s\"")))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
-                self.visit_i64(v as i64)
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
-                Err(E::custom(format!("{v} has no unit; write it as a string with one, e.g. \"{v}s\"")))
-            }
-        }
-        d.deserialize_any(V)
+        s3dock_core::duration::de_short(d).map(Dur)
     }
 }
 

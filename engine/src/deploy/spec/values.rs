@@ -146,26 +146,8 @@ impl HttpTarget {
     }
 }
 
-/// `500ms`, `2s`, `1.5m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "" => return Err(format!("{s:?} has no unit; write e.g. \"500ms\", \"5s\" or \"1m\"")),
-        other => return Err(format!("{s:?} has the unknown unit {other:?}; use ms, s, m or h")),
-    };
-    let value: f64 = number.parse().map_err(|_| format!("{s:?} is not a duration; write e.g. \"500ms\" or \"5s\""))?;
-    let secs = value * scale;
-    if !secs.is_finite() || secs > 7.0 * 24.0 * 3600.0 {
-        return Err(format!("{s:?} is longer than a week"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+/// `500ms`, `2s`, `1.5m`, `1h`: the short form of [`s3dock_core::duration`].
+pub use s3dock_core::duration::parse_short as parse_duration;
 
 /// A duration for messages: `500ms`, `2s`, `1.5s`.
 pub fn show_duration(d: Duration) -> String {
@@ -212,39 +194,7 @@ pub fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
     }
 }
 
-struct DurationVisitor;
-
-impl Visitor<'_> for DurationVisitor {
-    type Value = Duration;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a duration with a unit, such as \"500ms\" or \"5s\"")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-        parse_duration(v).map_err(E::custom)
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-        Err(E::custom(format!("{v} has no unit; write it as a string with one, e.g. \"{v}s\" or \"{v}ms\"")))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-        Err(E::custom(format!("{v} has no unit; write it as a string with one, e.g. \"{v}s\" or \"{v}ms\"")))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
-        Err(E::custom(format!("{v} has no unit; write it as a string with one, e.g. \"{v}s\"")))
-    }
-}
-
-pub(super) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    d.deserialize_any(DurationVisitor)
-}
-
-pub(super) fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    d.deserialize_any(DurationVisitor).map(Some)
-}
+pub(super) use s3dock_core::duration::{de_short as de_duration, de_short_opt as de_opt_duration};
 
 struct MemoryVisitor;
 
