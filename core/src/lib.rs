@@ -32,6 +32,7 @@ pub mod events;
 pub mod gzip;
 pub mod identity;
 pub mod insight;
+pub mod layers;
 pub mod layout;
 pub mod names;
 pub mod push;

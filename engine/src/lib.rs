@@ -28,6 +28,7 @@ pub mod docker;
 pub mod fake;
 pub mod git;
 pub mod load_tags;
+pub mod partial;
 pub mod ship;
 pub mod testing;
 

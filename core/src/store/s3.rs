@@ -39,6 +39,7 @@ use tokio::task::JoinSet;
 use super::*;
 
 mod bucket;
+mod compose;
 pub use bucket::Versioning;
 
 const MIB: usize = 1024 * 1024;
@@ -760,8 +761,10 @@ impl ObjectStore for S3Store {
 
     async fn get(&self, key: &ObjectKey, opts: GetOptions) -> Result<GetObject, StoreError> {
         let mut req = self.client.get_object().bucket(&self.cfg.bucket).key(self.full_key(key));
-        if opts.offset > 0 {
-            req = req.range(format!("bytes={}-", opts.offset));
+        match opts.length {
+            Some(n) if n > 0 => req = req.range(format!("bytes={}-{}", opts.offset, opts.offset + n - 1)),
+            _ if opts.offset > 0 => req = req.range(format!("bytes={}-", opts.offset)),
+            _ => {}
         }
         if let Some(etag) = &opts.if_match {
             req = req.if_match(&etag.0);
@@ -771,7 +774,7 @@ impl ObjectStore for S3Store {
         }
         match req.send().await {
             Ok(out) => {
-                let size = if opts.offset > 0 {
+                let size = if opts.offset > 0 || opts.length.is_some_and(|n| n > 0) {
                     out.content_range()
                         .and_then(total_from_content_range)
                         .ok_or_else(|| self.ctx.protocol("a ranged GET response has no usable Content-Range", key))?
@@ -889,6 +892,10 @@ impl ObjectStore for S3Store {
             page.next = out.next_continuation_token().map(str::to_owned);
         }
         Ok(page)
+    }
+
+    async fn compose(&self, key: &ObjectKey, pieces: PieceStream, opts: PutOptions) -> Result<ObjectInfo, StoreError> {
+        self.compose_parts(key, pieces, opts).await
     }
 
     async fn copy(

@@ -7,6 +7,7 @@
 
 mod registry_concurrency;
 mod sim;
+mod store_compose;
 mod store_concurrency;
 mod store_contract;
 mod store_errors;
