@@ -14,15 +14,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use s3dock_aws::sqs::SqsClient;
 use s3dock_core::layout;
 use s3dock_core::registry::{EventMode, Registry};
-use s3dock_core::sqs::SqsClient;
-use s3dock_core::store::{LocalStore, ObjectStore, S3Store};
+use s3dock_core::store::ObjectStore;
 use s3dock_engine::deploy::{DeploySpec, DriverConfig, HostNetwork, LocalNetwork, traffic_switch};
 use s3dock_engine::{BollardEngine, DockerEngine};
 use serde_json::{Value, json};
 
-use crate::config::{AgentConfig, QueueMode, StoreLocation};
+use crate::config::{AgentConfig, QueueMode};
 use crate::queue::{dlq_name, queue_name};
 
 /// How a check came out.
@@ -160,15 +160,7 @@ fn check_state_dir(dir: &Path, report: &mut CheckReport) {
 }
 
 async fn check_store(config: &AgentConfig, report: &mut CheckReport) -> Option<Arc<dyn ObjectStore>> {
-    let opened: Result<Arc<dyn ObjectStore>, (bool, String)> = match &config.store {
-        StoreLocation::Local(path) => {
-            LocalStore::open(path).map(|s| Arc::new(s) as Arc<dyn ObjectStore>).map_err(|e| (false, e.to_string()))
-        }
-        StoreLocation::S3(cfg) => S3Store::connect(cfg.clone())
-            .await
-            .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            .map_err(|e| (e.is_retryable(), e.to_string())),
-    };
+    let opened = config.store.open().await.map_err(|e| (e.is_retryable(), e.to_string()));
     let store = match opened {
         Ok(s) => s,
         Err((retryable, e)) => {
@@ -229,7 +221,7 @@ async fn check_queue(config: &AgentConfig, report: &mut CheckReport) {
                 Ok(q) => {
                     report.push(Level::Ok, "queue", format!("{} exists (its DLQ is {})", q.url(), dlq_name(&name)))
                 }
-                Err(s3dock_core::sqs::QueueError::NotFound { .. }) => {
+                Err(s3dock_aws::sqs::QueueError::NotFound { .. }) => {
                     report.push(Level::Ok, "queue", format!("{name} does not exist yet; the agent creates it at start"))
                 }
                 Err(e) => report.push(level_of(e.is_retryable()), "queue", e.to_string()),

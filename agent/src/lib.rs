@@ -32,13 +32,13 @@ pub mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
+use s3dock_aws::sqs::SqsClient;
 use s3dock_core::clock::SystemClock;
-use s3dock_core::sqs::SqsClient;
-use s3dock_core::store::{LocalStore, ObjectStore, S3Store};
+use s3dock_core::store::ObjectStore;
 use s3dock_engine::{BollardEngine, DockerEngine};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, StoreLocation};
+use crate::config::AgentConfig;
 use crate::queue::MessageQueue;
 pub use crate::runtime::{Deps, RunError, RunOptions, RunSummary, run};
 
@@ -54,14 +54,8 @@ pub async fn launch(
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<RunSummary, RunError> {
-    let store: Arc<dyn ObjectStore> = match &config.store {
-        StoreLocation::Local(path) => {
-            Arc::new(LocalStore::open(path).map_err(|e| RunError::Setup(format!("store {}: {e}", path.display())))?)
-        }
-        StoreLocation::S3(cfg) => Arc::new(
-            S3Store::connect(cfg.clone()).await.map_err(|e| RunError::Setup(format!("store {}: {e}", cfg.url())))?,
-        ),
-    };
+    let store: Arc<dyn ObjectStore> =
+        config.store.open().await.map_err(|e| RunError::Setup(format!("store {}: {e}", config.store.url())))?;
     let Some(engine) = retrying("the Docker engine", &shutdown, || async {
         BollardEngine::connect().await.map_err(|e| (e.is_retryable(), e.to_string()))
     })

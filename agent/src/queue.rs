@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use s3dock_core::names::AgentId;
-use s3dock_core::sqs::{
+use s3dock_aws::sqs::{
     DeadLetter, MAX_VISIBILITY, QueueError, QueueSettings, ReceiveOptions, ReceivedMessage, SqsClient, SqsQueue,
 };
+use s3dock_core::names::AgentId;
 use sha2::{Digest, Sha256};
 
 use crate::config::{QueueConfig, QueueMode};

@@ -4,14 +4,14 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use s3dock_aws::sqs::{AccountSource, LazySqsNotifier, SqsConfig};
 use s3dock_core::clock::SystemClock;
 use s3dock_core::registry::{EventMode, Registry};
-use s3dock_core::sqs::{AccountSource, LazySqsNotifier, SqsConfig};
-use s3dock_core::store::{LocalStore, ObjectStore, S3Store};
+use s3dock_core::store::ObjectStore;
 
-use crate::args::GlobalArgs;
 use crate::config::Events;
 use crate::exit::CliError;
+use crate::flags::GlobalArgs;
 use crate::output::clean;
 use crate::settings::{Environment, Settings, StoreLocation};
 
@@ -76,21 +76,14 @@ impl Context {
     /// No request is sent: an unreachable endpoint or refused credentials surface, mapped to
     /// exit code 6, on the first operation.
     pub async fn open_store(&self, settings: &Settings) -> Result<Arc<dyn ObjectStore>, CliError> {
-        match &settings.store.value {
-            StoreLocation::Local(path) => {
-                let existed = path.exists();
-                let store = LocalStore::open(path)?;
-                if !existed {
-                    self.info(&format!("created a new local store at {}", store.root().display()));
-                }
-                Ok(Arc::new(store))
-            }
-            StoreLocation::S3(cfg) => {
-                let store = S3Store::connect(cfg.clone()).await?;
-                tracing::debug!(store = %cfg.url(), endpoint = %store.endpoint(), "S3 store ready");
-                Ok(Arc::new(store))
-            }
+        let location = &settings.store.value;
+        let created = matches!(location, StoreLocation::Local(path) if !path.exists());
+        let store = location.open().await?;
+        if created {
+            let url = store.url();
+            self.info(&format!("created a new local store at {}", url.strip_prefix("file://").unwrap_or(&url)));
         }
+        Ok(store)
     }
 
     /// The registry over the settings' store, with the system clock, the acting user and the

@@ -204,14 +204,6 @@ impl From<s3dock_engine::DeployError> for CliError {
     }
 }
 
-/// Unexpected local failures (writing to stdout, building the runtime): internal, with the
-/// whole context chain on one line.
-impl From<anyhow::Error> for CliError {
-    fn from(e: anyhow::Error) -> Self {
-        CliError::internal(format!("{e:#}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! The `s3dock` command line. `main` only parses, starts tracing, calls [`run`] and exits with
 //! what [`output::emit`] returns; everything else lives here so tests can call it.
 //!
-//! - [`args`]: what was typed (clap), global flags and the command list.
+//! - [`args`]: what was typed (clap); [`flags`]: the flags every command accepts; the command
+//!   list is in [`commands`].
 //! - [`settings`]: the one resolve step, flags > environment > profile > defaults, remembering
 //!   where each value came from; [`config`] is the TOML file it reads.
 //! - [`context`]: a command's inputs and the construction of the store and registry.
@@ -16,6 +17,7 @@ pub mod commands;
 pub mod config;
 pub mod context;
 pub mod exit;
+pub mod flags;
 pub mod output;
 pub mod progress;
 pub mod settings;
@@ -35,7 +37,7 @@ pub const VERSION: &str =
 /// Runs the parsed command line against `env` (the process environment in production).
 pub async fn run(cli: &Cli, env: Environment) -> Result<Output, CliError> {
     let ctx = Context::new(cli.global.clone(), env);
-    commands::run(&cli.command, &ctx).await
+    commands::run(&cli.command, &ctx, <Cli as clap::CommandFactory>::command).await
 }
 
 /// The tracing filter for `-v`/`-q`: s3dock's own crates at the chosen level, dependencies one

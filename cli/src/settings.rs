@@ -18,11 +18,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use s3dock_core::store::S3Config;
+use s3dock_aws::location::Base;
 
-use crate::args::GlobalArgs;
 use crate::config::{self, ConfigFile, Events, Profile};
 use crate::exit::CliError;
+use crate::flags::GlobalArgs;
 
 pub const ENV_STORE: &str = "S3DOCK_STORE";
 pub const ENV_PROFILE: &str = "S3DOCK_PROFILE";
@@ -172,87 +172,17 @@ impl ConfigLocation {
 
 /// A relative path taken against the working directory; `~/` against the home directory.
 fn absolute(p: &Path, env: &Environment) -> PathBuf {
-    if let (Ok(rest), Some(home)) = (p.strip_prefix("~"), env.home_dir.as_ref()) {
-        return home.join(rest);
-    }
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    match &env.cwd {
-        Some(cwd) => cwd.join(p),
-        None => p.to_path_buf(),
-    }
+    Base::from(env).absolute(p)
 }
 
-/// Where images live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
-    /// A local directory laid out like the bucket.
-    Local(PathBuf),
-    /// An S3 bucket (and prefix), with the profile's connection settings applied.
-    S3(S3Config),
-}
+/// Where images live: the one store location of the workspace, read with the working
+/// directory as base and `~/` as the home directory.
+pub use s3dock_aws::location::Location as StoreLocation;
 
-impl StoreLocation {
-    /// Parses `s3://bucket[/prefix]`, `file:///abs/path` or a plain path (relative to the
-    /// working directory, `~/` to the home directory). S3 connection settings are applied later.
-    pub fn parse(raw: &str, env: &Environment) -> Result<Self, String> {
-        let hint = "use s3://BUCKET[/PREFIX], file:///ABSOLUTE/PATH or a directory path";
-        if raw.trim().is_empty() {
-            return Err(format!("the store is empty; {hint}"));
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(format!("the store {raw:?} contains control characters; {hint}"));
-        }
-        if raw.starts_with("s3://") {
-            return S3Config::from_url(raw).map(StoreLocation::S3).map_err(|e| e.to_string());
-        }
-        if let Some(rest) = raw.strip_prefix("file://") {
-            let path = rest.strip_prefix("localhost").unwrap_or(rest);
-            if !path.starts_with('/') {
-                return Err(format!(
-                    "the store URL {raw:?} is not an absolute file URL; write file:///ABSOLUTE/PATH (three slashes) or a plain path"
-                ));
-            }
-            let decoded =
-                percent_decode(path).ok_or_else(|| format!("the store URL {raw:?} has a bad %-escape; {hint}"))?;
-            return Ok(StoreLocation::Local(PathBuf::from(decoded)));
-        }
-        if let Some((scheme, _)) = raw.split_once("://") {
-            return Err(format!("unsupported store URL scheme {scheme:?} in {raw:?}; {hint}"));
-        }
-        Ok(StoreLocation::Local(absolute(Path::new(raw), env)))
+impl<'a> From<&'a Environment> for Base<'a> {
+    fn from(env: &'a Environment) -> Base<'a> {
+        Base { dir: env.cwd.as_deref(), home: env.home_dir.as_deref() }
     }
-
-    /// The URL shown to people and written by `config init`.
-    pub fn url(&self) -> String {
-        match self {
-            StoreLocation::Local(p) => format!("file://{}", p.display()),
-            StoreLocation::S3(c) => c.url(),
-        }
-    }
-
-    pub fn is_s3(&self) -> bool {
-        matches!(self, StoreLocation::S3(_))
-    }
-}
-
-/// `%XX` escapes of a file URL path; `None` for a malformed escape or non-UTF-8 result.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The S3 connection settings of the profile, kept for display (they are also folded into

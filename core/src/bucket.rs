@@ -310,6 +310,25 @@ pub async fn references(store: &dyn ObjectStore, image: &ImageRef) -> Result<Vec
     Ok(out)
 }
 
+/// Pointers whose target is the tag file at `tag_key`.
+pub async fn pointers_following(
+    store: &dyn ObjectStore,
+    app: &AppName,
+    tag_key: &ObjectKey,
+) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for o in list_all(store, &layout::pointers_prefix(app)).await? {
+        let Ok(BucketKey::Pointer { env, .. }) = layout::classify(&o.key) else { continue };
+        let Some((b, _)) = read_small(store, &o.key, docs::MAX_DOC_BYTES).await? else { continue };
+        match docs::decode::<PointerDoc>(o.key.as_str(), &b) {
+            Ok(p) if p.target_path == tag_key.as_str() => out.push(format!("environment {env}")),
+            Ok(_) => {}
+            Err(_) => out.push(format!("unreadable pointer {}", o.key)),
+        }
+    }
+    Ok(out)
+}
+
 /// The lease handshake between referencing an image and deleting it.
 ///
 /// A command about to make a reference (tag, promote, rollback) first writes a *hold*

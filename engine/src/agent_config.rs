@@ -17,11 +17,14 @@ use std::time::Duration;
 
 use crate::deploy::spec::parse_duration;
 use crate::deploy::{DeploySpec, DriverConfig};
+use s3dock_aws::location::Base;
+use s3dock_aws::sqs::{MAX_VISIBILITY, MAX_WAIT, SqsConfig};
 use s3dock_core::names::{AgentId, AppName, EnvName};
-use s3dock_core::sqs::{MAX_VISIBILITY, MAX_WAIT, SqsConfig};
-use s3dock_core::store::S3Config;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer};
+
+mod service_file;
+pub use service_file::ServiceFile;
 
 /// Where the state files live when `state_dir` is not set: the systemd unit's
 /// `StateDirectory=s3dock` (`infra/s3dock-agent.service`). `s3dock deploy` uses the same
@@ -125,23 +128,9 @@ pub struct RawQueue {
     pub name_prefix: Option<String>,
 }
 
-/// Where the bucket is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
-    /// A local directory laid out like the bucket.
-    Local(PathBuf),
-    /// An S3 bucket, with the file's connection settings applied.
-    S3(S3Config),
-}
-
-impl StoreLocation {
-    pub fn url(&self) -> String {
-        match self {
-            StoreLocation::Local(p) => format!("file://{}", p.display()),
-            StoreLocation::S3(c) => c.url(),
-        }
-    }
-}
+/// Where the bucket is: the workspace's one store location, relative paths taken against
+/// the file's own directory.
+pub use s3dock_aws::location::Location as StoreLocation;
 
 /// How messages reach the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,13 +209,17 @@ pub struct AgentConfig {
     pub services: Vec<DeploySpec>,
 }
 
+/// The one reader of host files (the agent's, `s3dock deploy`'s): the text, or an error naming
+/// the file and ending with `hint`.
+fn read_file(path: &Path, hint: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError { file: path.display().to_string(), message: format!("cannot read it ({e}); {hint}") })
+}
+
 impl AgentConfig {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path, host: &HostFacts) -> Result<AgentConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            message: format!("cannot read it ({e}); pass the agent's configuration file with --config FILE"),
-        })?;
+        let text = read_file(path, "pass the agent's configuration file with --config FILE")?;
         Self::parse(&text, path, host)
     }
 
@@ -409,32 +402,19 @@ impl HostFile {
     }
 }
 
-/// `s3://bucket[/prefix]`, `file:///abs/path`, or a directory (relative to the file's own
-/// directory).
+/// The store location ([`StoreLocation::parse`], relative to the file's own directory) with
+/// the file's S3 connection settings applied.
 fn parse_store(raw: &str, base: &Path, aws: &AwsSettings, path_style: Option<bool>) -> Result<StoreLocation, String> {
-    let hint = "use s3://BUCKET[/PREFIX], file:///ABSOLUTE/PATH or a directory";
-    if raw.trim().is_empty() || raw.chars().any(char::is_control) {
-        return Err(format!("{raw:?} is not a store; {hint}"));
-    }
-    if raw.starts_with("s3://") {
-        let mut cfg = S3Config::from_url(raw).map_err(|e| e.to_string())?;
-        cfg.region = aws.region.clone();
-        cfg.endpoint = aws.endpoint.clone();
-        cfg.path_style = path_style.unwrap_or(false);
-        cfg.aws_profile = aws.aws_profile.clone();
-        return cfg.validate().map(StoreLocation::S3).map_err(|e| e.to_string());
-    }
-    if let Some(rest) = raw.strip_prefix("file://") {
-        if !rest.starts_with('/') {
-            return Err(format!("{raw:?} is not an absolute file URL; write file:///ABSOLUTE/PATH"));
+    match StoreLocation::parse(raw, Base { dir: Some(base), home: None })? {
+        StoreLocation::S3(mut cfg) => {
+            cfg.region = aws.region.clone();
+            cfg.endpoint = aws.endpoint.clone();
+            cfg.path_style = path_style.unwrap_or(false);
+            cfg.aws_profile = aws.aws_profile.clone();
+            cfg.validate().map(StoreLocation::S3).map_err(|e| e.to_string())
         }
-        return Ok(StoreLocation::Local(PathBuf::from(rest)));
+        local => Ok(local),
     }
-    if let Some((scheme, _)) = raw.split_once("://") {
-        return Err(format!("the scheme {scheme:?} is not supported; {hint}"));
-    }
-    let p = Path::new(raw);
-    Ok(StoreLocation::Local(if p.is_relative() { base.join(p) } else { p.to_path_buf() }))
 }
 
 fn parse_queue(raw: &RawQueue, store: &StoreLocation) -> Result<QueueConfig, String> {

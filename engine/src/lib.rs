@@ -14,7 +14,6 @@
 //! - [`ship`]: push (save -> gzip -> bucket) and pull (bucket -> verify -> gunzip -> load).
 //! - [`fake`]: an in-memory host (Docker engine, network, nginx-like driver) with crash points,
 //!   for the deployer's exhaustive tests.
-//! - [`testing`]: fixtures for the integration tests (nginx on loopback, an HTTP client, a load loop).
 //! - [`build`](mod@build): the build flow `s3dock build` runs, and the provenance labels it writes.
 //! - [`deploy`]: blue-green deploys on one host (service spec, traffic drivers, health checks,
 //!   crash-safe state), shared by `s3dock deploy --blue-green` and the host agent.
@@ -30,7 +29,6 @@ pub mod git;
 pub mod load_tags;
 pub mod partial;
 pub mod ship;
-pub mod testing;
 
 pub use archive::{ArchiveFormat, archive_format_of, sniff_archive_format};
 pub use build::{BuildError, BuildRequest, BuildResult, GitLabels, build, labels_to_git};

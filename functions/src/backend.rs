@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use s3dock_aws::Location;
+use s3dock_aws::sqs::{SqsClient, SqsConfig, SqsNotifier};
 use s3dock_core::events::{EventError, Notifier};
-use s3dock_core::sqs::{SqsClient, SqsConfig, SqsNotifier};
-use s3dock_core::store::{ObjectStore, S3Store};
+use s3dock_core::store::ObjectStore;
 use tokio::sync::Mutex;
 
 use crate::settings::{ConfigError, Settings};
@@ -39,10 +40,11 @@ impl AwsBackend {
     pub async fn connect(settings: &Settings, with_sqs: bool) -> Result<AwsBackend, ConfigError> {
         let mut stores: HashMap<String, Arc<dyn ObjectStore>> = HashMap::new();
         if let Some(bucket) = &settings.bucket {
-            let store = S3Store::connect(settings.s3_config(bucket)?)
+            let store = Location::S3(settings.s3_config(bucket)?)
+                .open()
                 .await
                 .map_err(|e| ConfigError(format!("bucket {bucket}: {e}")))?;
-            stores.insert(bucket.clone(), Arc::new(store));
+            stores.insert(bucket.clone(), store);
         }
         let sqs = if with_sqs {
             let cfg = SqsConfig {
@@ -67,7 +69,7 @@ impl Backend for AwsBackend {
         }
         let permanent = |message: String| EventError { message, retryable: false };
         let cfg = self.settings.s3_config(bucket).map_err(|e| permanent(e.0))?;
-        let store: Arc<dyn ObjectStore> = Arc::new(S3Store::connect(cfg).await.map_err(|e| permanent(e.to_string()))?);
+        let store = Location::S3(cfg).open().await.map_err(|e| permanent(e.to_string()))?;
         stores.insert(bucket.to_owned(), store.clone());
         Ok(store)
     }

@@ -11,7 +11,7 @@
 //! | `S3DOCK_ACCOUNT_ID` | from the function ARN | the account agent queues must belong to |
 
 use chrono::Duration;
-use s3dock_core::store::S3Config;
+use s3dock_aws::S3Config;
 
 /// A setting that cannot be used; names the variable and what to set instead.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -47,7 +47,7 @@ impl Settings {
             agent_ttl: Duration::seconds(600),
             s3_endpoint: None,
             sqs_endpoint: None,
-            region: s3dock_core::sqs::DEFAULT_REGION.to_owned(),
+            region: s3dock_aws::sqs::DEFAULT_REGION.to_owned(),
             account_id: None,
             function_name: name.to_owned(),
         }

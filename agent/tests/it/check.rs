@@ -6,13 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn docker_or_skip() -> bool {
-    let reachable = Command::new("docker").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-    if reachable.is_ok_and(|s| s.success()) {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "CI is set but the Docker engine is unreachable");
-    eprintln!("SKIPPED: the Docker engine is unreachable; set CI=1 to make this a failure");
-    false
+    s3dock_testkit::docker_available()
 }
 
 /// A configuration on a directory store, without a queue, with `services` appended.

@@ -152,9 +152,7 @@ async fn two_agents_deploy_on_one_promotion_and_the_cli_shows_and_deploys() {
     // One agent stops: its registration says so and ages; status marks it STALE.
     let (a2, _) = &mut agents[1];
     assert!(a2.stop(Duration::from_secs(30)).await.success());
-    s3dock_core::testing::put_raw(&*w.store, &format!("agents/{}/{ENV}/garbage.json", w.app), "not json")
-        .await
-        .unwrap();
+    s3dock_testkit::put_raw(&*w.store, &format!("agents/{}/{ENV}/garbage.json", w.app), "not json").await.unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let r = s3dock(&bin, &w, &["status", &w.app, ENV, "--ttl", "3s"]);
     assert_eq!(r.code, 0);

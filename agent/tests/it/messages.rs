@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use s3dock_core::sqs::{ReceiveOptions, SqsQueue};
+use s3dock_aws::sqs::{ReceiveOptions, SqsQueue};
 
 use crate::support::*;
 

@@ -12,35 +12,29 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use s3dock_aws::sqs::{SqsClient, SqsConfig, SqsQueue};
+use s3dock_aws::{S3Config, S3Store};
 use s3dock_core::clock::SystemClock;
 use s3dock_core::docs::{self, AgentRegistration, AuditRecord, DeployDetails};
 use s3dock_core::gzip::GzipOptions;
 use s3dock_core::layout;
 use s3dock_core::names::{AgentId, AppName, EnvName, ImageRef};
 use s3dock_core::registry::{EventMode, HistoryQuery, Registry};
-use s3dock_core::sqs::{SqsClient, SqsConfig, SqsQueue};
-use s3dock_core::store::{S3Config, S3Store, read_small};
+use s3dock_core::store::read_small;
 use s3dock_core::transfer::Progress;
 use s3dock_engine::deploy::{ColorPorts, LABEL_APP, LABEL_ENV};
 use s3dock_engine::ship::{self, GitOverride, PushRequest};
 use s3dock_engine::{BollardEngine, BuildOptions, ContainerFilter, ContainerSummary, DockerEngine, context_tar};
 use tokio_util::sync::CancellationToken;
 
-pub use s3dock_engine::testing::{Load, NGINX, Nginx, assert_serves, free_port, two_free_ports as two_ports};
+pub use s3dock_testkit::nginx::{Load, NGINX, Nginx, assert_serves, free_port, two_free_ports as two_ports};
 pub const ENV: &str = "production";
 pub const REGION: &str = "us-east-1";
 /// No wait in these tests is longer: a hang is a failure, not a stuck run.
 pub const LONG: Duration = Duration::from_secs(90);
 
-fn ci() -> bool {
-    std::env::var_os("CI").is_some()
-}
-
 fn skip(why: &str) {
-    if ci() {
-        panic!("CI is set but {why}");
-    }
-    eprintln!("SKIPPED: {why}; set CI=1 to make this a failure");
+    s3dock_testkit::skip_unless_ci::<()>(why, "install or start it (tests/services.sh, .ci/run)");
 }
 
 /// Everything one test needs, or `None` (after saying why) when a service is missing.
@@ -52,15 +46,7 @@ pub async fn world(with_nginx: bool) -> Option<World> {
             return None;
         }
     };
-    let endpoint = match std::env::var("S3DOCK_TEST_S3_ENDPOINT") {
-        Ok(v) if !v.trim().is_empty() && !v.trim().eq_ignore_ascii_case("aws") => v.trim().to_owned(),
-        _ => {
-            skip(
-                "LocalStack is not configured (S3DOCK_TEST_S3_ENDPOINT); run `tests/services.sh localstack-start && eval \"$(tests/services.sh env)\"`",
-            );
-            return None;
-        }
-    };
+    let endpoint = s3dock_testkit::s3::emulator_endpoint()?;
     if with_nginx && !Path::new(NGINX).exists() {
         skip(&format!("{NGINX} is missing (apt-get install nginx)"));
         return None;
@@ -118,7 +104,7 @@ impl World {
     async fn new(engine: BollardEngine, endpoint: String) -> World {
         let app = unique("agt");
         let bucket = format!("s3dock-agent-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        s3dock_core::testing::create_test_bucket(&endpoint, &bucket).await;
+        s3dock_testkit::s3::create_test_bucket(&endpoint, &bucket).await;
         let mut cfg = S3Config::new(&bucket).unwrap();
         cfg.endpoint = Some(endpoint.clone());
         cfg.path_style = true;
@@ -161,31 +147,22 @@ impl World {
     /// removes it from the engine, so the agent has to pull it.
     pub async fn push_image(&self, tag: &str, marker: &str, kind: Kind) -> ImageRef {
         let image = ImageRef::parse(&format!("{}:{tag}", self.app)).unwrap();
-        let serve = r#"["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]"#.to_owned();
         let cmd = match kind {
-            Kind::SlowStart(secs) => {
-                format!(r#"["/bin/busybox", "sh", "-c", "sleep {secs}; exec /bin/busybox httpd -f -p 8080 -h /www"]"#)
-            }
-            _ => serve,
+            Kind::SlowStart(secs) => Some(format!(
+                r#"["/bin/busybox", "sh", "-c", "sleep {secs}; exec /bin/busybox httpd -f -p 8080 -h /www"]"#
+            )),
+            _ => None,
         };
-        // The label keeps each test's layers its own (see the engine tests' isolating_label).
-        let dockerfile = format!(
-            "FROM scratch\nLABEL io.s3dock.test.repository=\"{}\"\nCOPY busybox /bin/busybox\nCOPY www /www\nEXPOSE 8080\nCMD {cmd}\n",
-            self.app
-        );
-        let ctx = tempfile::tempdir().unwrap();
-        let write = |name: &str, data: &[u8]| {
-            let p = ctx.path().join(name);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, data).unwrap();
-        };
-        write("Dockerfile", dockerfile.as_bytes());
-        write("busybox", &std::fs::read("/bin/busybox").unwrap());
-        std::fs::set_permissions(ctx.path().join("busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        write("www/index.html", format!("<h1>{marker}</h1>\n").as_bytes());
+        let page = format!("<h1>{marker}</h1>\n");
+        let mut www: Vec<(&str, &[u8])> = vec![("index.html", page.as_bytes())];
         if kind != Kind::NoHealth {
-            write("www/health.html", b"ok\n");
+            www.push(("health.html", b"ok\n"));
         }
+        let ctx = tempfile::tempdir().unwrap();
+        s3dock_testkit::images::write_context(
+            ctx.path(),
+            &s3dock_testkit::images::httpd_files(&self.app.to_string(), cmd.as_deref(), false, &www),
+        );
         let (tar, dockerfile) = context_tar(ctx.path(), &ctx.path().join("Dockerfile")).unwrap();
         let opts = BuildOptions { tags: vec![image.to_string()], dockerfile, ..Default::default() };
         self.engine.build_image(tar, &opts).await.unwrap_or_else(|e| panic!("building {image}: {e}"));
@@ -239,7 +216,7 @@ impl World {
                 endpoint: Some(self.endpoint.clone()),
                 ..SqsConfig::default()
             };
-            let account = match s3dock_core::sqs::caller_account(&sqs).await {
+            let account = match s3dock_aws::sqs::caller_account(&sqs).await {
                 Ok(_) => String::new(),
                 Err(e) => {
                     eprintln!(

@@ -1,11 +1,10 @@
 //! `s3dock completions bash|zsh|fish`: the shell completion script, generated from the same
 //! clap definitions the binary parses with, so it never lists a command that does not exist.
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 use clap_complete::Shell;
 use serde_json::json;
 
-use crate::args::Cli;
 use crate::context::Context;
 use crate::exit::CliError;
 use crate::output::Output;
@@ -44,9 +43,9 @@ pub fn script(shell: Shell, mut cmd: clap::Command, bin: &str) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-pub async fn run(_ctx: &Context, args: &CompletionsArgs) -> Result<Output, CliError> {
+pub async fn run(_ctx: &Context, args: &CompletionsArgs, cli: clap::Command) -> Result<Output, CliError> {
     let sh = shell(&args.shell)
         .ok_or_else(|| CliError::usage(format!("unknown shell {:?}; use bash, zsh or fish", args.shell)))?;
-    let text = script(sh, Cli::command(), "s3dock");
+    let text = script(sh, cli, "s3dock");
     Ok(Output::new(json!({"shell": args.shell, "script": text}), text))
 }

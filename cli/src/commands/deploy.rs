@@ -7,8 +7,8 @@ use clap::Args;
 use s3dock_core::clock::SystemClock;
 use s3dock_core::names::{AppName, EnvName};
 use s3dock_core::transfer::Progress;
-use s3dock_engine::agent_config::HostFile;
-use s3dock_engine::deploy::{DeployReport, DeployRequest, DeployResult, DeploySpec, Deployer, traffic_switch};
+use s3dock_engine::agent_config::ServiceFile;
+use s3dock_engine::deploy::{DeployReport, DeployRequest, DeployResult, Deployer, traffic_switch};
 use s3dock_engine::ship::{self, PullRequest, PullTarget};
 use s3dock_engine::{BollardEngine, DockerEngine};
 use serde_json::{Value, json};
@@ -66,56 +66,10 @@ pub struct DeployArgs {
     pub host: Option<String>,
 }
 
-/// The service spec a file gives for (app, env), and what an agent configuration adds.
-#[derive(Debug, Clone)]
-pub struct ServiceFile {
-    pub spec: DeploySpec,
-    /// The agent configuration's `state_dir` (relative to the file's directory).
-    pub state_dir: Option<PathBuf>,
-    pub host: Option<String>,
-}
-
 /// Reads `path`: a service spec, or an agent configuration (it has `[[service]]` tables), in
 /// which case the entry for (app, env) is taken.
 pub fn service_file(path: &Path, app: &AppName, env: &EnvName) -> Result<ServiceFile, CliError> {
-    let shown = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        CliError::usage(format!(
-            "--service {shown}: cannot read it ({e}); give a service spec or the agent's configuration"
-        ))
-    })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| {
-        CliError::usage(format!("--service {shown}: not TOML ({}); fix the file", one_line(e.message())))
-    })?;
-    let Some(services) = table.get("service") else {
-        let spec = DeploySpec::from_toml(&text).map_err(|e| CliError::usage(format!("--service {shown}: {e}")))?;
-        if spec.app != *app || spec.env != *env {
-            return Err(CliError::usage(format!(
-                "--service {shown} is the spec of {}/{}, not {app}/{env}; give the spec of {app}/{env}",
-                spec.app, spec.env
-            )));
-        }
-        return Ok(ServiceFile { spec, state_dir: None, host: None });
-    };
-    if !services.is_array() {
-        return Err(CliError::usage(format!("--service {shown}: `service` must be [[service]] tables")));
-    }
-    // The agent's own file, read by the agent's own reader: the same state directory (and so
-    // the same service lock) as the agent.
-    let host_file = HostFile::parse(&text, path).map_err(|e| CliError::usage(format!("--service {e}")))?;
-    let Some(spec) = host_file.service(app, env) else {
-        let served: Vec<String> = host_file.services.iter().map(|s| format!("{}/{}", s.app, s.env)).collect();
-        let served = if served.is_empty() { "none".to_owned() } else { served.join(", ") };
-        return Err(CliError::usage(format!(
-            "--service {shown} has no [[service]] for {app}/{env} (it serves: {served}); add one or give another file"
-        )));
-    };
-    spec.validate().map_err(|err| CliError::usage(format!("--service {shown}: [[service]] {app}/{env}: {err}")))?;
-    Ok(ServiceFile { spec: spec.clone(), state_dir: Some(host_file.state_dir.clone()), host: host_file.host.clone() })
-}
-
-fn one_line(s: &str) -> String {
-    s.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    ServiceFile::load(path, app, env).map_err(|e| CliError::usage(format!("--service {e}")))
 }
 
 pub async fn run(ctx: &Context, args: &DeployArgs) -> Result<Output, CliError> {

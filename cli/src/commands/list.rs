@@ -4,7 +4,6 @@ use clap::{Args, Subcommand};
 use s3dock_core::names::AppName;
 use serde_json::json;
 
-use crate::args::parse_month;
 use crate::context::Context;
 use crate::exit::CliError;
 use crate::output::{Output, Table, bytes, or_dash, time};
@@ -201,4 +200,23 @@ pub async fn run(ctx: &Context, args: &ListArgs) -> Result<Output, CliError> {
 /// A table, or nothing at all when it has no rows (the hint on stderr says why).
 fn render(table: &Table) -> String {
     if table.is_empty() { String::new() } else { table.render() }
+}
+
+/// `--month YYYYMM`.
+pub fn parse_month(s: &str) -> Result<String, String> {
+    let ok = s.len() == 6 && s.chars().all(|c| c.is_ascii_digit()) && matches!(s[4..].parse::<u32>(), Ok(1..=12));
+    if ok { Ok(s.to_owned()) } else { Err(format!("{s:?} is not a month; write YYYYMM, e.g. 202507")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months() {
+        assert!(parse_month("202507").is_ok());
+        for bad in ["2025-07", "202513", "202500", "20257", "abcdef", "２０２５０７"] {
+            assert!(parse_month(bad).is_err(), "{bad}");
+        }
+    }
 }

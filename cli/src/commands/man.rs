@@ -3,10 +3,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 use serde_json::json;
 
-use crate::args::Cli;
 use crate::context::Context;
 use crate::exit::CliError;
 use crate::output::Output;
@@ -45,8 +44,8 @@ pub fn write_pages(cmd: clap::Command, dir: &std::path::Path) -> std::io::Result
     Ok(out)
 }
 
-pub async fn run(_ctx: &Context, args: &ManArgs) -> Result<Output, CliError> {
-    let pages = write_pages(Cli::command(), &args.dir).map_err(|e| {
+pub async fn run(_ctx: &Context, args: &ManArgs, cli: clap::Command) -> Result<Output, CliError> {
+    let pages = write_pages(cli, &args.dir).map_err(|e| {
         CliError::usage(format!(
             "cannot write man pages into {}: {e}; check the path and its permissions",
             args.dir.display()

@@ -1,6 +1,6 @@
 //! One module per command: its arguments (clap derive) and its `run`, which resolves the
 //! settings, calls the registry and builds an [`Output`]. Adding a command is a module here,
-//! a variant in [`crate::args::Command`] and its line in [`run`].
+//! a variant in [`Command`] and its line in [`run`].
 
 pub mod build;
 pub mod cleanup;
@@ -21,16 +21,39 @@ pub mod stats;
 pub mod status;
 pub mod tag;
 
+use clap::Subcommand;
 use s3dock_core::events::{EventError, Outcome};
 use serde_json::{Value, json};
 
-use crate::args::Command;
 use crate::context::Context;
 use crate::exit::CliError;
 use crate::output::Output;
 
-/// Runs one command.
-pub async fn run(command: &Command, ctx: &Context) -> Result<Output, CliError> {
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Build(build::BuildArgs),
+    Push(push::PushArgs),
+    Tag(tag::TagArgs),
+    Promote(promote::PromoteArgs),
+    Pull(pull::PullArgs),
+    Current(current::CurrentArgs),
+    List(list::ListArgs),
+    Cleanup(cleanup::CleanupArgs),
+    Rollback(rollback::RollbackArgs),
+    History(history::HistoryArgs),
+    Config(config::ConfigArgs),
+    Deploy(deploy::DeployArgs),
+    Status(status::StatusArgs),
+    Doctor(doctor::DoctorArgs),
+    Stats(stats::StatsArgs),
+    Report(report::ReportArgs),
+    Completions(completions::CompletionsArgs),
+    Man(man::ManArgs),
+}
+
+/// Runs one command. `cli` gives the whole command line's definition (for completions and
+/// man pages), which lives above this module.
+pub async fn run(command: &Command, ctx: &Context, cli: fn() -> clap::Command) -> Result<Output, CliError> {
     match command {
         Command::Build(args) => build::run(ctx, args).await,
         Command::Push(args) => push::run(ctx, args).await,
@@ -48,8 +71,8 @@ pub async fn run(command: &Command, ctx: &Context) -> Result<Output, CliError> {
         Command::Doctor(args) => doctor::run(ctx, args).await,
         Command::Stats(args) => stats::run(ctx, args).await,
         Command::Report(args) => report::run(ctx, args).await,
-        Command::Completions(args) => completions::run(ctx, args).await,
-        Command::Man(args) => man::run(ctx, args).await,
+        Command::Completions(args) => completions::run(ctx, args, cli()).await,
+        Command::Man(args) => man::run(ctx, args, cli()).await,
     }
 }
 

@@ -122,7 +122,8 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::args::{Cli, Command};
+    use crate::args::Cli;
+    use crate::commands::Command;
 
     fn request(args: &[&str]) -> Result<(PromoteSource, EnvName), String> {
         let cli = Cli::try_parse_from(["s3dock", "promote"].iter().chain(args)).map_err(|e| e.to_string())?;

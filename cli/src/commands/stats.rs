@@ -58,7 +58,8 @@ pub async fn run(ctx: &Context, args: &StatsArgs) -> Result<Output, CliError> {
     let registry = ctx.open_registry(&settings).await?;
     let window = window(&registry, &args.since, args.until.as_deref())?;
     let (metrics, unreadable) = compute(&registry, &args.app, args.env.as_ref(), window).await?;
-    let mut doc = serde_json::to_value(&metrics).map_err(anyhow::Error::from)?;
+    let mut doc =
+        serde_json::to_value(&metrics).map_err(|e| CliError::internal(format!("encoding the metrics: {e}")))?;
     if let Some(obj) = doc.as_object_mut() {
         obj.insert("app".into(), json!(args.app));
         obj.insert("unreadable_records".into(), json!(unreadable));

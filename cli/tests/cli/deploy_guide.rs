@@ -31,11 +31,7 @@ fn tool(name: &str) -> Option<String> {
 fn need(name: &str) -> Option<String> {
     match tool(name) {
         Some(p) => Some(p),
-        None if std::env::var_os("CI").is_some() => panic!("{name} is required in CI (.ci/run installs it)"),
-        None => {
-            eprintln!("SKIPPED: {name} is not installed");
-            None
-        }
+        None => s3dock_testkit::skip_unless_ci(name, ".ci/run installs it"),
     }
 }
 
@@ -120,10 +116,10 @@ fn the_sudoers_alternative_allows_exactly_the_two_commands() {
     // Installing it for real needs root, sudo and useradd.
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     if !root || tool("sudo").is_none() || tool("useradd").is_none() || !Path::new("/etc/sudoers.d").is_dir() {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI must run as root with sudo and useradd (.ci/run installs sudo)");
-        }
-        eprintln!("SKIPPED: installing the sudoers rule needs root, sudo and useradd");
+        s3dock_testkit::skip_unless_ci::<()>(
+            "root with sudo and useradd (installing the sudoers rule)",
+            ".ci/run runs as root and installs sudo",
+        );
         return;
     }
     let user = format!("s3dt{}", std::process::id() % 100_000);

@@ -12,15 +12,7 @@ use crate::support::*;
 
 /// Whether the engine answers; panics in CI when it does not.
 fn docker_available() -> bool {
-    let ok = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "CI is set but the Docker engine is unreachable");
-        eprintln!("SKIPPED: no Docker engine (docker version failed)");
-    }
-    ok
+    s3dock_testkit::docker_available()
 }
 
 fn docker(args: &[&str]) -> std::process::Output {
@@ -216,14 +208,14 @@ fn an_interrupted_push_to_localstack_leaves_no_upload_and_no_metadata() {
     if !docker_available() {
         return;
     }
-    let Some(endpoint) = s3dock_core::testing::s3_test_endpoint() else { return };
+    let Some(endpoint) = s3dock_testkit::s3::s3_endpoint() else { return };
     if endpoint == "aws" {
         eprintln!("SKIPPED: the interrupted-push test creates buckets, which it does only on an emulator");
         return;
     }
     let rt = rt();
     let bucket = format!("s3dock-cli-int-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    rt.block_on(s3dock_core::testing::create_test_bucket(&endpoint, &bucket));
+    rt.block_on(s3dock_testkit::s3::create_test_bucket(&endpoint, &bucket));
     let mut sb = Sandbox::new();
     sb.env = vec![
         ("AWS_ACCESS_KEY_ID".into(), "test".into()),

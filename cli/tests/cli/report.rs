@@ -22,11 +22,10 @@ fn chromium() -> Option<PathBuf> {
             }
         }
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("Chromium is required in CI (Debian: apt-get install chromium); .ci/run installs it");
-    }
-    eprintln!("SKIPPED: the report's browser test (no chromium on PATH; apt-get install chromium)");
-    None
+    s3dock_testkit::skip_unless_ci(
+        "Chromium (the report's browser test)",
+        "apt-get install chromium; .ci/run installs it",
+    )
 }
 
 /// Runs headless Chromium with `args` on `page`, bounded in time; stdout.

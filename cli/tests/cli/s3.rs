@@ -170,18 +170,7 @@ fn an_unreachable_endpoint_exits_6_in_bounded_time() {
 
 /// The LocalStack endpoint, or `None` (skipped) outside CI when none is configured.
 pub(crate) fn localstack() -> Option<String> {
-    match std::env::var("S3DOCK_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "S3DOCK_TEST_S3_ENDPOINT is not set, and LocalStack is required in CI: run `tests/services.sh localstack-start` and `eval \"$(tests/services.sh env)\"` first"
-        ),
-        _ => {
-            eprintln!(
-                "SKIPPED: the LocalStack story (S3DOCK_TEST_S3_ENDPOINT is not set; `tests/services.sh localstack-start` and `eval \"$(tests/services.sh env)\"` enable it)"
-            );
-            None
-        }
-    }
+    s3dock_testkit::s3::s3_endpoint()
 }
 
 pub(crate) fn client(endpoint: &str) -> aws_sdk_s3::Client {

@@ -159,7 +159,7 @@ pub fn seed_local(dir: &Path, images: &[&str]) {
         for r in images {
             let image = ImageRef::parse(r).expect("a valid test image");
             let at = Utc.with_ymd_and_hms(2025, 7, 22, 10, 0, 0).unwrap();
-            s3dock_core::testing::seed_image(&store, &image, format!("archive of {r}").as_bytes(), at)
+            s3dock_testkit::seed_image(&store, &image, format!("archive of {r}").as_bytes(), at)
                 .await
                 .expect("seed an image");
         }
@@ -169,7 +169,7 @@ pub fn seed_local(dir: &Path, images: &[&str]) {
 /// Writes raw bytes at a key of a local store (hostile fixtures).
 pub fn put_raw(dir: &Path, key: &str, body: &str) {
     let store = LocalStore::open(dir).expect("open the local store");
-    rt().block_on(s3dock_core::testing::put_raw(&store, key, body.to_owned())).expect("write a fixture");
+    rt().block_on(s3dock_testkit::put_raw(&store, key, body.to_owned())).expect("write a fixture");
 }
 
 /// Every object of a local store (key -> bytes), the store's own `.s3dock/` folder excluded.

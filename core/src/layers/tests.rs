@@ -168,7 +168,7 @@ async fn a_rebuild_reuses_its_base_layer_and_loads_whole_or_in_part() {
     assert_eq!(got[&format!("{}/layer.tar", "d".repeat(64))], layer_content(3, 40_000));
 
     // A host that has the base fetches the top layer and the tail only.
-    let need = index2.ranges_for(chain_prefix(&index2.diff_ids, &[v1.diff_ids.clone()])).unwrap();
+    let need = index2.ranges_for(chain_prefix(&index2.diff_ids, std::slice::from_ref(&v1.diff_ids))).unwrap();
     assert_eq!(need.len(), 2);
     let p = Progress::default();
     let part = ranged_download(store.clone(), rec2.archive_key.clone(), None, need.clone(), p.clone());

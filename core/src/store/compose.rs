@@ -36,6 +36,16 @@ pub enum Piece {
 /// The pieces of a composed object, in order. An `Err` item aborts the write.
 pub type PieceStream = futures::stream::BoxStream<'static, std::io::Result<Piece>>;
 
+/// A stream of pieces known in advance.
+pub fn stream_of(pieces: Vec<std::io::Result<Piece>>) -> PieceStream {
+    Box::pin(futures::stream::iter(pieces))
+}
+
+/// The next piece of a stream (for stores outside this crate, without a `futures` import).
+pub async fn next_piece(pieces: &mut PieceStream) -> Option<std::io::Result<Piece>> {
+    pieces.next().await
+}
+
 /// The error a copy source that changed or vanished turns into: retryable, since a push that
 /// meets it falls back to uploading everything.
 pub fn source_changed(range: &CopyRange, detail: &str) -> StoreError {

@@ -1,6 +1,6 @@
 //! Object stores: the one trait every bucket access goes through, and its implementations.
 //!
-//! - [`S3Store`](s3::S3Store): any S3 endpoint (AWS, LocalStack, moto, MinIO...).
+//! - `S3Store` (crate `s3dock-aws`): any S3 endpoint (AWS, LocalStack, moto, MinIO...).
 //! - [`LocalStore`](local::LocalStore): a directory laid out exactly like the bucket, the
 //!   embedded default. Writes are atomic (temp file, fsync, rename) and conditional writes hold
 //!   an exclusive lock per key, so compare-and-swap is correct across processes.
@@ -19,7 +19,6 @@ pub mod compose;
 pub mod faults;
 pub mod local;
 pub mod memory;
-pub mod s3;
 
 use std::pin::Pin;
 
@@ -33,7 +32,6 @@ use crate::names::ObjectKey;
 pub use compose::{CopyRange, Piece, PieceStream};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
-pub use s3::{S3Config, S3Store, Versioning};
 
 /// A streaming body.
 pub type BoxReader = Pin<Box<dyn AsyncRead + Send>>;
@@ -256,7 +254,7 @@ impl StoreError {
         matches!(self, StoreError::PreconditionFailed { .. })
     }
 
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         StoreError::Io { context: context.into(), source }
     }
 }

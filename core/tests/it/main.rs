@@ -1,14 +1,6 @@
-//! s3dock-core's integration tests: one binary, one module per topic.
-//!
-//! The S3 tests need a real endpoint: start LocalStack (and optionally moto) with
-//! `tests/services.sh localstack-start` and `eval "$(tests/services.sh env)"`. Without
-//! `S3DOCK_TEST_S3_ENDPOINT` they are skipped with a message, except in CI where they fail.
-//! `S3DOCK_TEST_S3_ENDPOINT=aws` plus `S3DOCK_TEST_BUCKET` runs them against real AWS.
+//! s3dock-core's integration tests: the protocol simulation, and the check that the domain
+//! crate links no AWS SDK (the S3 store's contract and concurrency tests live with the store,
+//! in s3dock-aws).
 
-mod registry_concurrency;
+mod deps;
 mod sim;
-mod store_compose;
-mod store_concurrency;
-mod store_contract;
-mod store_errors;
-mod support;

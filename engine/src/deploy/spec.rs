@@ -19,7 +19,9 @@ use s3dock_core::names::{AppName, EnvName};
 use serde::{Deserialize, Serialize};
 
 pub use traffic::{DEFAULT_DRIVER_TIMEOUT, DriverConfig, TrafficConfig, default_probe, default_upstream_name};
-pub use values::{HttpTarget, parse_duration, parse_memory, parse_restart, read_env_file, show_duration};
+pub use values::{
+    HttpTarget, Secret, SpecError, parse_duration, parse_memory, parse_restart, read_env_file, show_duration,
+};
 use values::{check_volume, de_duration, de_opt_memory, de_restart, is_env_key};
 
 use crate::docker::RestartPolicy;
@@ -57,44 +59,6 @@ impl Color {
 impl fmt::Display for Color {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// A value that must not be printed: `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the one place that hands it to the container.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-/// A value that failed validation: `{field}: {message}`, where the message says what to fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct SpecError {
-    /// The offending setting (`ports`, `health.path`, `traffic.driver`...); the file or line
-    /// for errors that are not about one setting.
-    pub field: String,
-    pub message: String,
-}
-
-impl SpecError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        SpecError { field: field.into(), message: message.into() }
     }
 }
 

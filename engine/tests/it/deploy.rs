@@ -18,8 +18,8 @@ use s3dock_engine::deploy::{
     HealthSpec, LABEL_APP, LABEL_COLOR, LABEL_ENV, LABEL_IMAGE, Phase, Secret, TrafficConfig, TrafficSwitch,
     container_name, traffic_switch,
 };
-use s3dock_engine::testing::{Load, Nginx, assert_serves, free_port, nginx_available, two_free_ports};
 use s3dock_engine::{BollardEngine, ContainerFilter, DockerEngine, RestartPolicy};
+use s3dock_testkit::nginx::{Load, Nginx, assert_serves, free_port, nginx_available, two_free_ports};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
@@ -67,21 +67,8 @@ async fn build_image(
     www: &[(&str, &str)],
     cmd: Option<&str>,
 ) -> ImageRef {
-    let cmd = cmd.unwrap_or(r#"["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]"#);
-    let dockerfile = format!(
-        "FROM scratch
-{}COPY busybox /bin/busybox
-COPY www /www
-EXPOSE 8080
-HEALTHCHECK --interval=1s --timeout=3s --retries=2 CMD [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8080/\"]
-CMD {cmd}
-",
-        isolating_label(app)
-    );
-    let mut files = vec![("Dockerfile".to_owned(), dockerfile.into_bytes()), ("busybox".to_owned(), busybox())];
-    for (name, content) in www {
-        files.push((format!("www/{name}"), content.as_bytes().to_vec()));
-    }
+    let www: Vec<(&str, &[u8])> = www.iter().map(|(name, content)| (*name, content.as_bytes())).collect();
+    let files = s3dock_testkit::images::httpd_files(app, cmd, true, &www);
     let image = ImageRef::parse(&format!("{app}:{tag}")).unwrap();
     cleanup.image(image.to_string());
     build_from_files(engine, &image.to_string(), &files).await;

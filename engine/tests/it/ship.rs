@@ -158,7 +158,7 @@ async fn round_trip_through_a_local_store() {
 #[tokio::test(flavor = "multi_thread")]
 async fn round_trip_through_localstack() {
     let engine = engine_or_skip!();
-    let Some(store) = s3dock_core::testing::s3_test_store("ship-round-trip").await else { return };
+    let Some(store) = s3dock_testkit::s3::s3_store("ship-round-trip").await else { return };
     round_trip(&engine, Arc::new(store), "s3 round trip").await;
 }
 

@@ -10,8 +10,8 @@ use s3dock_core::layout;
 use s3dock_core::registry::PromoteSource;
 use s3dock_core::store::faults::{Faulty, Op};
 use s3dock_core::store::{MemoryStore, StoreError};
-use s3dock_core::testing::put_raw;
 use s3dock_functions::{Invocation, InvocationError, Kind, RecordResult};
+use s3dock_testkit::put_raw;
 use serde_json::json;
 
 use crate::support::*;
@@ -170,7 +170,7 @@ async fn ten_deliveries_one_record_one_message_per_agent() {
 /// are in flight at once.
 #[derive(Debug)]
 struct SlowQueues {
-    rules: s3dock_core::sqs::QueueRules,
+    rules: s3dock_aws::sqs::QueueRules,
     delay: std::time::Duration,
     in_flight: AtomicUsize,
     most_in_flight: AtomicUsize,
@@ -205,7 +205,7 @@ async fn a_thousand_slow_agent_queues_are_notified_concurrently_within_the_goal(
     }
     bed.registry.promote(&PromoteSource::Image(img(A1)), &env("production")).await.unwrap();
     let queues = Arc::new(SlowQueues {
-        rules: s3dock_core::sqs::QueueRules::new(ACCOUNT, REGION, Some("http://127.0.0.1:4566")).unwrap(),
+        rules: s3dock_aws::sqs::QueueRules::new(ACCOUNT, REGION, Some("http://127.0.0.1:4566")).unwrap(),
         delay: std::time::Duration::from_millis(10),
         in_flight: AtomicUsize::new(0),
         most_in_flight: AtomicUsize::new(0),

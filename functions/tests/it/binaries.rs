@@ -14,14 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use s3dock_aws::S3Store;
+use s3dock_aws::sqs::{QueueSettings, ReceiveOptions, ReceivedMessage, SqsClient, SqsConfig, SqsQueue};
 use s3dock_core::clock::SystemClock;
 use s3dock_core::docs::{self, ImageMetadata};
 use s3dock_core::layout;
 use s3dock_core::names::ImageRef;
 use s3dock_core::push::{PushFacts, PushPlan};
 use s3dock_core::registry::{EventMode, Registry};
-use s3dock_core::sqs::{QueueSettings, ReceiveOptions, ReceivedMessage, SqsClient, SqsConfig, SqsQueue};
-use s3dock_core::store::{ObjectStore, Precondition, S3Store, read_small, read_to_vec, reader_from_bytes};
+use s3dock_core::store::{ObjectStore, Precondition, read_small, read_to_vec, reader_from_bytes};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -233,7 +234,7 @@ impl Stack {
             .send()
             .await
             .expect("configure notifications");
-        let mut cfg = s3dock_core::store::S3Config::new(&bucket).expect("bucket name");
+        let mut cfg = s3dock_aws::S3Config::new(&bucket).expect("bucket name");
         cfg.endpoint = Some(endpoint.clone());
         cfg.path_style = true;
         cfg.region = Some(region());

@@ -12,15 +12,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use s3dock_aws::S3Store;
+use s3dock_aws::sqs::{SqsClient, SqsConfig, SqsQueue};
 use s3dock_core::clock::{Clock, SystemClock};
 use s3dock_core::docs::{self, AgentRegistration, SCHEMA_VERSION};
 use s3dock_core::layout;
 use s3dock_core::names::AgentId;
 use s3dock_core::registry::{EventMode, PromoteSource, Registry};
-use s3dock_core::sqs::{SqsClient, SqsConfig, SqsQueue};
-use s3dock_core::store::{ObjectStore, Precondition, S3Store};
-use s3dock_core::testing::{create_test_bucket, seed_image};
+use s3dock_core::store::{ObjectStore, Precondition};
 use s3dock_functions::{AwsBackend, Function, Invocation, Kind, Settings};
+use s3dock_testkit::s3::create_test_bucket;
+use s3dock_testkit::seed_image;
 use serde_json::{Value, json};
 
 use crate::support::*;

@@ -16,33 +16,23 @@ use aws_sdk_s3::types::{
     NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter, VersioningConfiguration,
 };
 use bytes::Bytes;
+use s3dock_aws::S3Store;
+use s3dock_aws::sqs::{DeadLetter, QueueSettings, ReceiveOptions, ReceivedMessage, SqsClient, SqsConfig, SqsQueue};
 use s3dock_core::clock::{Clock, SystemClock};
 use s3dock_core::docs::{self, AgentRegistration, PromotionMessage, SCHEMA_VERSION};
 use s3dock_core::layout;
 use s3dock_core::names::{AgentId, ObjectKey};
 use s3dock_core::registry::{EventMode, PromoteSource, Registry};
-use s3dock_core::sqs::{DeadLetter, QueueSettings, ReceiveOptions, ReceivedMessage, SqsClient, SqsConfig, SqsQueue};
-use s3dock_core::store::{MemoryStore, ObjectStore, Precondition, S3Store, list_all, read_small};
-use s3dock_core::testing::seed_image;
+use s3dock_core::store::{MemoryStore, ObjectStore, Precondition, list_all, read_small};
 use s3dock_functions::{AwsBackend, Function, Invocation, Kind, Settings};
+use s3dock_testkit::seed_image;
 use serde_json::{Value, json};
 
 use crate::support::*;
 
 /// The LocalStack endpoint, or `None` (with a message) when the test should skip.
 pub(crate) fn endpoint() -> Option<String> {
-    match std::env::var("S3DOCK_TEST_S3_ENDPOINT") {
-        Ok(v) if !v.trim().is_empty() && v.trim() != "aws" => Some(v.trim().to_owned()),
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!("the pipeline test needs LocalStack in CI: set S3DOCK_TEST_S3_ENDPOINT (tests/services.sh)");
-            }
-            eprintln!(
-                "skipping the LocalStack pipeline test: S3DOCK_TEST_S3_ENDPOINT is not set; run `tests/services.sh localstack-start && eval \"$(tests/services.sh env)\"` first"
-            );
-            None
-        }
-    }
+    s3dock_testkit::s3::emulator_endpoint()
 }
 
 pub(crate) fn suffix() -> String {
@@ -120,7 +110,7 @@ enum Writer {
 impl Writer {
     fn new(bucket: &str, endpoint: &str, store: Arc<dyn ObjectStore>, clock: Arc<dyn Clock>) -> Writer {
         let Some(bin) = s3dock_binary() else {
-            if std::env::var_os("CI").is_some() {
+            if s3dock_testkit::in_ci() {
                 panic!(
                     "the pipeline drives tag and promote through the s3dock binary in CI: build it (cargo test --workspace)"
                 );

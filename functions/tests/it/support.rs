@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
+use s3dock_aws::sqs::QueueRules;
 use s3dock_core::clock::ManualClock;
 use s3dock_core::docs::{self, AgentRegistration, AuditRecord, SCHEMA_VERSION};
 use s3dock_core::events::{EventError, Notifier};
 use s3dock_core::layout;
 use s3dock_core::names::{AgentId, AppName, EnvName, ImageRef, ObjectKey, Version};
 use s3dock_core::registry::{EventMode, Registry};
-use s3dock_core::sqs::QueueRules;
 use s3dock_core::store::{MemoryStore, ObjectStore, Precondition, list_all, read_small};
 use s3dock_functions::{Backend, Function, Invocation, Kind, Settings};
 use serde_json::Value;
@@ -140,7 +140,7 @@ impl Bed {
     }
 
     pub async fn seed(&self, image: &str) {
-        s3dock_core::testing::seed_image(&*self.store, &img(image), format!("archive of {image}").as_bytes(), start())
+        s3dock_testkit::seed_image(&*self.store, &img(image), format!("archive of {image}").as_bytes(), start())
             .await
             .unwrap();
     }

@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
+use s3dock_aws::S3Store;
+use s3dock_aws::s3::Versioning;
+use s3dock_aws::sts::{IdentityError, StsSettings, caller_identity};
 use s3dock_core::ErrorKind;
 use s3dock_core::clock::SystemClock;
-use s3dock_core::identity::{IdentityError, StsSettings, caller_identity};
 use s3dock_core::insight::{dangling, fleet, liveness};
 use s3dock_core::names::AppName;
 use s3dock_core::registry::{EventMode, Registry};
-use s3dock_core::store::{LocalStore, ObjectStore, S3Store, StoreError, Versioning, probe};
+use s3dock_core::store::{LocalStore, ObjectStore, StoreError, probe};
 use s3dock_engine::docker::{BollardEngine, DockerEngine};
 use serde_json::json;
 
@@ -191,7 +193,7 @@ fn store_fix(e: &StoreError) -> String {
     }
 }
 
-async fn credentials(cfg: &s3dock_core::store::S3Config) -> Check {
+async fn credentials(cfg: &s3dock_aws::S3Config) -> Check {
     let sts = StsSettings {
         region: cfg.region.clone(),
         endpoint: cfg.endpoint.clone(),

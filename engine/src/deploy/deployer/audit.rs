@@ -4,8 +4,8 @@ use s3dock_core::docs::{AuditRecord, DeployDetails, EventType, SCHEMA_VERSION};
 use s3dock_core::layout;
 use s3dock_core::names::ObjectKey;
 
+use super::model::{DeployReport, DeployResult};
 use super::run::Run;
-use super::{DeployReport, DeployResult};
 
 impl Run<'_> {
     /// `audit/{app}/{YYYYMM}/{start}-{deploy|rollback}-{hash7}-{env}-{host}-{deploy-id}[-recovered].json`.

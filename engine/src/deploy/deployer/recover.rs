@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::model::{DeployError, DeployReport, DeployResult, RecoverReport};
 use super::run::{Drained, Run};
-use super::{DeployError, DeployReport, DeployResult, RecoverReport};
 use crate::deploy::LABEL_DEPLOY_ID;
 use crate::deploy::health::HealthFailure;
 use crate::deploy::state::{Phase, Slot};

@@ -8,7 +8,7 @@ use s3dock_core::names::ImageRef;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{DeployError, DeployReport, DeployRequest, DeployResult, Deployer};
+use super::model::{DeployError, DeployReport, DeployRequest, DeployResult, Deployer};
 use crate::deploy::health::{HealthCheck, HealthFailure};
 use crate::deploy::net::show_addr;
 use crate::deploy::spec::{Color, DeploySpec, Secret};

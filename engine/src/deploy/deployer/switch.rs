@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::model::{DeployError, DeployResult};
 use super::run::{Drained, Outcome, Run};
-use super::{DeployError, DeployResult};
 use crate::deploy::health::probe;
 use crate::deploy::net::HttpProbe;
 use crate::deploy::spec::{Color, HttpTarget, show_duration};

@@ -14,7 +14,7 @@ use s3dock_core::layout;
 use s3dock_core::names::{EnvName, ImageRef};
 use s3dock_core::registry::{Change, EventMode, PromoteSource, Registry};
 use s3dock_core::store::{ObjectStore, read_small};
-use s3dock_core::testing::seed_image;
+use s3dock_testkit::seed_image;
 
 use crate::support::*;
 

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use s3dock_aws::S3Store;
 use s3dock_core::store::faults::IgnorePreconditions;
 use s3dock_core::store::{
-    ETag, GetOptions, LocalStore, MemoryStore, ObjectStore, Precondition, PutOptions, S3Store, StoreError, list_all,
+    ETag, GetOptions, LocalStore, MemoryStore, ObjectStore, Precondition, PutOptions, StoreError, list_all,
     list_prefixes, probe_preconditions, read_to_vec, reader_from_bytes,
 };
 use tempfile::TempDir;
@@ -710,7 +711,7 @@ async fn s3_url_round_trips() {
     let Some(store) = s3_store_prefixed("url").await else { return };
     let url = store.url();
     assert!(url.starts_with(&format!("s3://{}/", store.bucket())), "{url}");
-    let parsed = s3dock_core::store::S3Config::from_url(&url).expect("parse");
+    let parsed = s3dock_aws::S3Config::from_url(&url).expect("parse");
     assert_eq!((parsed.bucket.as_str(), parsed.prefix.as_str()), (store.bucket(), store.prefix()));
 }
 

@@ -1,34 +1,43 @@
-//! Test helpers: stores on real services, bodies and readers.
+//! An S3 store on a real endpoint for tests: a fresh bucket per fixture on an emulator
+//! (LocalStack, moto), a fresh prefix of `S3DOCK_TEST_BUCKET` on real AWS.
 //!
-//! S3 stores come from `S3DOCK_TEST_S3_ENDPOINT`:
-//! - `http://127.0.0.1:PORT` (LocalStack, from `tests/services.sh env`): every store gets its own
-//!   new bucket `s3dock-test-{name}-{random}`, since LocalStack has no reset.
-//! - `aws`: real AWS with the ambient credentials; buckets cannot be created per test there,
-//!   so every store gets a unique prefix in the bucket named by `S3DOCK_TEST_BUCKET`.
-//!
-//! `S3DOCK_TEST_MOTO_ENDPOINT` (from `tests/services.sh moto-start`) adds moto as a second
-//! target for the contract suite.
+//! - `S3DOCK_TEST_S3_ENDPOINT=http://127.0.0.1:PORT` (LocalStack, from `tests/services.sh env`):
+//!   every store gets its own new bucket `s3dock-test-{name}-{random}`, since LocalStack has no reset.
+//! - `S3DOCK_TEST_S3_ENDPOINT=aws`: real AWS with the ambient credentials; buckets cannot be
+//!   created per test there, so every store gets a unique prefix in `S3DOCK_TEST_BUCKET`.
+//! - `S3DOCK_TEST_MOTO_ENDPOINT` (from `tests/services.sh moto-start`) adds moto as an optional
+//!   second target.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use s3dock_aws::s3::MIN_PART_SIZE;
+use s3dock_aws::{S3Config, S3Store};
 
-use bytes::Bytes;
-use s3dock_core::names::ObjectKey;
-use s3dock_core::store::s3::MIN_PART_SIZE;
-use s3dock_core::store::{BoxReader, LocalStore, S3Config, S3Store};
-use tempfile::TempDir;
-use tokio::io::{AsyncRead, ReadBuf};
+use crate::{DisplayErr, required_service, unique};
 
 /// Part size of the S3 test stores: S3's minimum, so a 12 MiB body takes three parts.
 pub const TEST_PART_SIZE: usize = MIN_PART_SIZE;
 /// Keys per listing page of the S3 test stores, so a few dozen keys span several pages.
 pub const TEST_LIST_PAGE: i32 = 7;
 
-/// The S3 endpoint under test, `None` (with a message) when tests should skip S3.
+/// The S3 endpoint under test, `None` (with a message) when tests should skip S3; required
+/// in CI.
 pub fn s3_endpoint() -> Option<String> {
-    s3dock_core::testing::s3_test_endpoint()
+    required_service(
+        "S3DOCK_TEST_S3_ENDPOINT",
+        "LocalStack",
+        "run `tests/services.sh localstack-start && eval \"$(tests/services.sh env)\"` first",
+    )
+}
+
+/// The emulator endpoint (LocalStack) for tests that need SQS and S3 events beside S3, which
+/// real AWS cannot give them per test: `None` (with a message) with `aws` or without one.
+pub fn emulator_endpoint() -> Option<String> {
+    match s3_endpoint()? {
+        v if v.eq_ignore_ascii_case("aws") => {
+            eprintln!("skipping: this test needs LocalStack, not AWS (S3DOCK_TEST_S3_ENDPOINT=aws)");
+            None
+        }
+        v => Some(v),
+    }
 }
 
 /// The moto endpoint, if moto runs (it is an optional second target, never required).
@@ -55,21 +64,6 @@ impl Endpoint {
     pub fn parse(s: &str) -> Endpoint {
         if s.eq_ignore_ascii_case("aws") { Endpoint::Aws } else { Endpoint::Custom(s.to_owned()) }
     }
-}
-
-/// `name` made bucket-safe plus a random suffix.
-pub fn unique(name: &str) -> String {
-    let mut clean: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .take(28)
-        .collect::<String>()
-        .trim_matches('-')
-        .to_owned();
-    if clean.is_empty() {
-        clean.push('x');
-    }
-    format!("{clean}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
 /// The configuration every S3 test store uses: small parts and listing pages so the multipart,
@@ -121,12 +115,7 @@ impl S3Fixture {
             }
             Endpoint::Custom(_) => {
                 let bucket = format!("s3dock-test-{}", unique(name));
-                client
-                    .create_bucket()
-                    .bucket(&bucket)
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| panic!("cannot create the test bucket {bucket}: {}", DisplayErr(&e)));
+                create_bucket(&client, &endpoint, &bucket).await;
                 (bucket, String::new(), true)
             }
         };
@@ -241,99 +230,14 @@ pub async fn s3_store_prefixed(name: &str) -> Option<S3Store> {
     s3_fixture(name, true).await.map(|f| f.store)
 }
 
-/// A local directory store in a fresh temp dir (dropped with the `TempDir`).
-pub fn local_store() -> (TempDir, LocalStore) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = LocalStore::open(dir.path().join("bucket")).expect("open local store");
-    (dir, store)
+/// Creates `bucket` on an S3 emulator at `endpoint` (path style, region us-east-1).
+pub async fn create_test_bucket(endpoint: &str, bucket: &str) {
+    let endpoint = Endpoint::Custom(endpoint.to_owned());
+    create_bucket(&sdk_client(&endpoint).await, &endpoint, bucket).await;
 }
 
-pub fn key(s: &str) -> ObjectKey {
-    ObjectKey::parse(s).unwrap_or_else(|e| panic!("test key {s:?}: {e}"))
-}
-
-/// Deterministic bytes that do not repeat with any short period (so a misplaced part or a
-/// shifted range cannot compare equal by accident).
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-pub fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(b))
-}
-
-/// A body that arrives in uneven chunks, counts what was read, and can fail part-way.
-pub struct TestReader {
-    data: Bytes,
-    pos: usize,
-    chunk: usize,
-    fail_at: Option<usize>,
-    read: Arc<AtomicU64>,
-}
-
-impl TestReader {
-    pub fn new(data: impl Into<Bytes>) -> TestReader {
-        TestReader { data: data.into(), pos: 0, chunk: 65_537, fail_at: None, read: Arc::new(AtomicU64::new(0)) }
-    }
-
-    /// Fails with a connection reset once `at` bytes were delivered.
-    pub fn failing_at(mut self, at: usize) -> TestReader {
-        self.fail_at = Some(at);
-        self
-    }
-
-    /// A counter of the bytes delivered so far.
-    pub fn counter(&self) -> Arc<AtomicU64> {
-        self.read.clone()
-    }
-
-    pub fn boxed(self) -> BoxReader {
-        Box::pin(self)
-    }
-}
-
-impl AsyncRead for TestReader {
-    fn poll_read(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let mut end = (this.pos + this.chunk).min(this.data.len());
-        if let Some(at) = this.fail_at {
-            if this.pos >= at {
-                return Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "injected: the body's source broke",
-                )));
-            }
-            end = end.min(at);
-        }
-        let n = (end - this.pos).min(buf.remaining());
-        buf.put_slice(&this.data[this.pos..this.pos + n]);
-        this.pos += n;
-        this.read.fetch_add(n as u64, Ordering::SeqCst);
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Displays an error with its whole source chain.
-pub struct DisplayErr<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for DisplayErr<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut next = self.0.source();
-        while let Some(e) = next {
-            write!(f, ": {e}")?;
-            next = e.source();
-        }
-        Ok(())
+async fn create_bucket(client: &aws_sdk_s3::Client, endpoint: &Endpoint, bucket: &str) {
+    if let Err(e) = client.create_bucket().bucket(bucket).send().await {
+        panic!("cannot create the test bucket {bucket} at {endpoint:?}: {}", DisplayErr(&e));
     }
 }

@@ -10,14 +10,17 @@
 //! neighbours. Completion carries the write's precondition, like every upload.
 
 use bytes::BytesMut;
-use futures::StreamExt;
 use tokio::task::JoinSet;
 
-use super::{MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, S3Store, Upload, copy_source, join_error};
-use crate::names::ObjectKey;
-use crate::store::compose::{CopyRange, Piece, PieceStream, read_range};
-use crate::store::{ObjectInfo, PutOptions, StoreError};
 use aws_sdk_s3::types::CompletedPart;
+use s3dock_core::names::ObjectKey;
+use s3dock_core::store::compose::{CopyRange, Piece, PieceStream, next_piece, read_range};
+use s3dock_core::store::{ObjectInfo, PutOptions, StoreError};
+
+use super::S3Store;
+use super::config::{MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE};
+use super::copy::copy_source;
+use super::upload::{Upload, join_error};
 
 /// The largest range one UploadPartCopy copies here (S3 allows 5 GiB).
 const MAX_COPY_PART: u64 = 1 << 30;
@@ -76,7 +79,7 @@ impl S3Store {
             }
             Ok(*n)
         };
-        while let Some(piece) = pieces.next().await {
+        while let Some(piece) = next_piece(&mut pieces).await {
             let piece = piece.map_err(|e| StoreError::io(format!("reading the body for {key}"), e))?;
             match piece {
                 Piece::Data(b) => {

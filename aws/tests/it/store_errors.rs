@@ -2,12 +2,13 @@
 //!
 //! Wrong credentials cannot be tested on the emulators (they accept any), and missing
 //! credentials need an environment without them; the mapping of both is unit-tested in
-//! `store/s3.rs`.
+//! `s3/errors.rs`.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use s3dock_core::store::{GetOptions, ObjectStore, Precondition, PutOptions, S3Config, S3Store, StoreError};
+use s3dock_aws::{S3Config, S3Store};
+use s3dock_core::store::{GetOptions, ObjectStore, Precondition, PutOptions, StoreError};
 
 use crate::support::*;
 

@@ -3,7 +3,6 @@
 //! conditioned on each source's ETag; nothing visible and no upload left when it fails.
 
 use bytes::Bytes;
-use futures::StreamExt;
 use s3dock_core::store::{CopyRange, ObjectStore, Piece, PieceStream, Precondition, PutOptions};
 
 use crate::store_contract::{Target, must_read, stale_etag};
@@ -12,7 +11,7 @@ use crate::support::*;
 const MIB: usize = 1 << 20;
 
 fn stream(pieces: Vec<std::io::Result<Piece>>) -> PieceStream {
-    futures::stream::iter(pieces).boxed()
+    s3dock_core::store::compose::stream_of(pieces)
 }
 
 pub(crate) async fn compose(t: &Target) {

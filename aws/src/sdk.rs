@@ -1,10 +1,13 @@
-//! What the S3 store and the SQS client share: how an AWS SDK configuration is loaded.
+//! What the S3, SQS and STS clients share: how an AWS SDK configuration is loaded.
 
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
+
+/// The region used when neither the settings nor the AWS chain name one.
+pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// Retries, timeouts, profile and region of an SDK client.
 pub(crate) struct ClientSettings<'a> {
@@ -33,4 +36,9 @@ pub(crate) async fn sdk_config(s: ClientSettings<'_>) -> aws_config::SdkConfig {
         loader = loader.region(Region::new(region.to_owned()));
     }
     loader.load().await
+}
+
+/// The region `sdk` resolved, else [`DEFAULT_REGION`].
+pub(crate) fn region_of(sdk: &aws_config::SdkConfig) -> String {
+    sdk.region().map(|r| r.to_string()).unwrap_or_else(|| DEFAULT_REGION.to_owned())
 }

@@ -5,12 +5,8 @@
 use std::time::Duration;
 
 use aws_sdk_sts::config::Region;
-use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use crate::store::s3::has_credentials_error;
-
-/// The region used when neither the settings nor the AWS chain name one.
-const DEFAULT_REGION: &str = "us-east-1";
+use crate::error::{Failure, classify, error_chain};
 
 /// Where to ask, with which credentials. Holds no secrets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,7 +71,7 @@ const REFUSED_CODES: [&str; 6] = [
 
 /// Asks STS who the credentials are.
 pub async fn caller_identity(s: &StsSettings) -> Result<CallerIdentity, IdentityError> {
-    let sdk = crate::aws::sdk_config(crate::aws::ClientSettings {
+    let sdk = crate::sdk::sdk_config(crate::sdk::ClientSettings {
         max_attempts: 2,
         connect_timeout: Duration::from_secs(3),
         read_timeout: Duration::from_secs(10),
@@ -84,7 +80,7 @@ pub async fn caller_identity(s: &StsSettings) -> Result<CallerIdentity, Identity
         region: s.region.as_deref(),
     })
     .await;
-    let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+    let region = crate::sdk::region_of(&sdk);
     let mut builder = aws_sdk_sts::config::Builder::from(&sdk).region(Region::new(region.clone()));
     if let Some(ep) = &s.endpoint {
         builder = builder.endpoint_url(ep);
@@ -92,38 +88,27 @@ pub async fn caller_identity(s: &StsSettings) -> Result<CallerIdentity, Identity
     let shown = s.endpoint.clone().unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
     let client = aws_sdk_sts::Client::from_conf(builder.build());
     let out = client.get_caller_identity().send().await.map_err(|e| {
-        if has_credentials_error(&e) {
-            return IdentityError::NoCredentials { detail: DisplayErrorContext(&e).to_string() };
-        }
-        match &e {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
-                IdentityError::Unreachable { endpoint: shown.clone(), detail: DisplayErrorContext(&e).to_string() }
+        let endpoint = shown.clone();
+        let refused_or_failed = |status: u16, refused: bool, said: String| {
+            if refused {
+                IdentityError::Refused { endpoint: endpoint.clone(), status, said }
+            } else {
+                IdentityError::Failed { endpoint: endpoint.clone(), status, said }
             }
-            SdkError::ServiceError(se) => {
-                let status = se.raw().status().as_u16();
-                let code = se.err().code();
-                let said = match (code, se.err().message()) {
-                    (Some(c), Some(m)) => format!("{c}: {m}"),
-                    (Some(c), None) => c.to_owned(),
-                    (None, Some(m)) => m.to_owned(),
-                    (None, None) => "no reason given".to_owned(),
-                };
-                if status == 403 || code.is_some_and(|c| REFUSED_CODES.contains(&c)) {
-                    IdentityError::Refused { endpoint: shown.clone(), status, said }
-                } else {
-                    IdentityError::Failed { endpoint: shown.clone(), status, said }
-                }
+        };
+        match classify(&e) {
+            Failure::NoCredentials => IdentityError::NoCredentials { detail: error_chain(&e) },
+            Failure::TimedOut | Failure::Network | Failure::Dispatch { .. } => {
+                IdentityError::Unreachable { endpoint: endpoint.clone(), detail: error_chain(&e) }
             }
-            SdkError::ResponseError(re) => {
-                let status = re.raw().status().as_u16();
-                let said = "an answer that is not an STS document".to_owned();
-                if status == 403 {
-                    IdentityError::Refused { endpoint: shown.clone(), status, said }
-                } else {
-                    IdentityError::Failed { endpoint: shown.clone(), status, said }
-                }
+            Failure::Service(f) => {
+                let said = f.said().unwrap_or_else(|| "no reason given".to_owned());
+                refused_or_failed(f.status, f.status == 403 || REFUSED_CODES.contains(&f.code()), said)
             }
-            _ => IdentityError::Other { endpoint: shown.clone(), detail: DisplayErrorContext(&e).to_string() },
+            Failure::Unreadable { status } => {
+                refused_or_failed(status, status == 403, "an answer that is not an STS document".to_owned())
+            }
+            Failure::Construction => IdentityError::Other { endpoint: endpoint.clone(), detail: error_chain(&e) },
         }
     })?;
     Ok(CallerIdentity {
