@@ -50,6 +50,22 @@ pub fn required_service(var: &str, what: &str, hint: &str) -> Option<String> {
     }
 }
 
+/// The crates `package` links in a normal build (`cargo tree -e normal`), one name each, for
+/// the tests that keep a crate's dependencies in check; `manifest` is that crate's Cargo.toml.
+pub fn normal_dependencies(package: &str, manifest: &str) -> Vec<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["tree", "-p", package, "-e", "normal", "--prefix", "none", "--manifest-path", manifest])
+        .output()
+        .expect("cargo tree runs");
+    assert!(out.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// `name` made bucket-safe plus a random suffix.
 pub fn unique(name: &str) -> String {
     let mut clean: String = name
