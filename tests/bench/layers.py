@@ -147,7 +147,7 @@ def report(rows, floor, full_push, inc_push, full_pull, inc_pull, pushed, pulled
         "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['wall']:.2f} s | {mib(r['up'])} | {mib(r['down'])} | {r['rss_mb']:.0f} MiB |")
+        lines.append(f"| {r['name'].replace('|', chr(92) + '|')} | {r['wall']:.2f} s | {mib(r['up'])} | {mib(r['down'])} | {r['rss_mb']:.0f} MiB |")
     push_bytes = inc_push["up"] / full_push["up"]
     push_wall = inc_push["wall"] / full_push["wall"]
     pull_bytes = inc_pull["down"] / full_pull["down"]
