@@ -109,7 +109,8 @@ fn check_len(field: &str, s: &str, max: usize) -> Result<(), String> {
 pub struct ImageMetadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<u32>,
-    /// MD5 of the `.tar.gz`, lowercase hex.
+    /// MD5 of the `.tar.gz`, lowercase hex; empty for a composed archive (see
+    /// [`LayerIndex::composed`](crate::layers::LayerIndex::composed)).
     pub checksum: String,
     /// Size of the `.tar.gz` in bytes.
     pub size: u64,
@@ -164,6 +165,27 @@ pub struct ImageMetadata {
     /// [`MAX_RECENT_WRITES`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_writes: Vec<String>,
+    /// Where each layer's compressed bytes are in the archive, with per-range digests (archives
+    /// in the layered layout; absent for older ones, which stay readable as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<crate::layers::LayerIndex>,
+}
+
+impl ImageMetadata {
+    /// Whether the archive was composed from ranges of earlier archives: its whole-object
+    /// digests are not in the metadata, its ranges' are.
+    pub fn is_composed(&self) -> bool {
+        self.layers.as_ref().is_some_and(|l| l.composed)
+    }
+
+    /// Eight hex digits that identify the archive's content in audit keys: the MD5's first
+    /// eight, or for a composed archive the first eight of its last range's SHA-256.
+    pub fn content_id8(&self) -> String {
+        match (&self.layers, self.checksum.is_empty()) {
+            (Some(l), true) => l.ranges.last().map(|r| r.sha256.chars().take(8).collect()).unwrap_or_default(),
+            _ => self.checksum.chars().take(8).collect(),
+        }
+    }
 }
 
 /// How many earlier write ids a document remembers. A writer whose response was lost reads
@@ -197,7 +219,12 @@ pub struct ReplacedImage {
 
 impl Document for ImageMetadata {
     fn validate(&self) -> Result<(), String> {
-        check_hex("checksum", &self.checksum, 32)?;
+        if let Some(index) = &self.layers {
+            index.validate(self.size).map_err(|e| format!("layers: {e}"))?;
+        }
+        if !(self.checksum.is_empty() && self.is_composed()) {
+            check_hex("checksum", &self.checksum, 32)?;
+        }
         if let Some(sha) = &self.sha256 {
             check_hex("sha256", sha, 64)?;
         }

@@ -30,6 +30,7 @@ pub mod error;
 pub mod events;
 pub mod gzip;
 pub mod insight;
+pub mod layers;
 pub mod layout;
 pub mod names;
 pub mod push;

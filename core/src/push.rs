@@ -100,6 +100,8 @@ pub struct PushOutcome {
     /// What referenced the replaced content, when `--force` replaced it.
     pub forced_over: Vec<String>,
     pub event: Option<std::result::Result<Outcome, EventError>>,
+    /// A layered push: each range of the new archive, uploaded or reused (and from where).
+    pub layers: Vec<crate::layers::RangePlan>,
 }
 
 impl PushOutcome {
@@ -114,6 +116,7 @@ impl PushOutcome {
             archived: vec![],
             forced_over: vec![],
             event: None,
+            layers: vec![],
         }
     }
 }
@@ -241,23 +244,37 @@ impl Registry {
                     archived: vec![],
                     forced_over: vec![],
                     event: None,
+                    layers: vec![],
                 });
             }
-            Err(e) if e.is_precondition_failed() => match store.head(&target).await? {
-                // The upload landed and only the answer was lost (the SDK's retry then failed
-                // the condition on our own object).
-                Some(info) if info.write_id.as_deref() == Some(write_id.as_str()) => info,
-                _ => {
-                    return Err(Error::Conflict {
-                        message: format!(
-                            "another push of {image} is landing at the same moment; nothing was replaced — run `s3dock push {image}` again (it skips if the bucket then has this image)"
-                        ),
-                    });
-                }
-            },
-            Err(e) => return Err(e.into()),
+            Err(e) => landed(&*store, image, &target, &write_id, e).await?,
         };
         let digests = handle.digests().ok_or_else(|| Error::integrity("the image stream ended early"))?;
+        let tar_size = facts.tar_bytes.as_ref().map(Progress::bytes).filter(|n| *n > 0);
+        let upload = Upload { existing, target, write_id, forced_over };
+        self.commit_upload(image, facts, upload, archive_info, digests, None, tar_size).await
+    }
+
+    /// Commits an uploaded archive (steps 3 to 5 of the module doc): archives what it
+    /// replaces, writes the metadata conditionally, removes the replaced archive.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn commit_upload(
+        &self,
+        image: &ImageRef,
+        facts: &PushFacts,
+        plan: Upload,
+        archive_info: ObjectInfo,
+        digests: Digests,
+        layers: Option<(crate::layers::LayerIndex, Vec<crate::layers::RangePlan>)>,
+        tar_size: Option<u64>,
+    ) -> Result<PushOutcome> {
+        let store = self.store().clone();
+        let metadata_key = layout::image_metadata(&image.app, &image.tag);
+        let Upload { existing, target, write_id, forced_over } = plan;
+        let (index, plan_report) = match layers {
+            Some((i, p)) => (Some(i), p),
+            None => (None, vec![]),
+        };
         // From here on the upload exists: any failure before the commit removes it again.
         let discard = |why: Error| {
             let store = store.clone();
@@ -306,7 +323,7 @@ impl Registry {
             git_time: facts.git_time.clone(),
             image_tag: image.to_string(),
             app_name: image.app.to_string(),
-            sha256: Some(digests.sha256.clone()),
+            sha256: (!digests.sha256.is_empty()).then(|| digests.sha256.clone()),
             image_id: Some(facts.image_id.clone()),
             platform: facts.platform.clone(),
             pushed_by: Some(self.actor().to_owned()),
@@ -315,7 +332,7 @@ impl Registry {
             archived_previous: archived.iter().find(|k| k.as_str().ends_with(layout::JSON_EXT)).map(|k| k.to_string()),
             archive_path: (target != layout::image_archive(&image.app, &image.tag)).then(|| target.to_string()),
             archive_etag: Some(archive_info.etag.0.clone()),
-            tar_size: facts.tar_bytes.as_ref().map(Progress::bytes).filter(|n| *n > 0),
+            tar_size,
             write_id: Some(write_id.clone()),
             recent_writes: existing
                 .metadata
@@ -327,6 +344,7 @@ impl Registry {
                 checksum: existing.metadata.as_ref().map(|m| m.checksum.clone()).unwrap_or_default(),
                 forced: !forced_over.is_empty(),
             }),
+            layers: index,
         };
         let body = Bytes::from(docs::encode(&meta));
         let precondition = match &existing.metadata_info {
@@ -378,7 +396,31 @@ impl Registry {
             archived,
             forced_over,
             event,
+            layers: plan_report,
         })
+    }
+}
+
+/// How an upload that failed its create condition really ended: it landed and only the answer
+/// was lost (the SDK's retry then failed the condition on our own object: its write id says
+/// so), or another push of the same tag is writing there.
+pub(crate) async fn landed(
+    store: &dyn crate::store::ObjectStore,
+    image: &ImageRef,
+    target: &ObjectKey,
+    write_id: &str,
+    e: StoreError,
+) -> Result<ObjectInfo> {
+    if !e.is_precondition_failed() {
+        return Err(e.into());
+    }
+    match store.head(target).await? {
+        Some(info) if info.write_id.as_deref() == Some(write_id) => Ok(info),
+        _ => Err(Error::Conflict {
+            message: format!(
+                "another push of {image} is landing at the same moment; nothing was replaced — run `s3dock push {image}` again (it skips if the bucket then has this image)"
+            ),
+        }),
     }
 }
 

@@ -11,7 +11,6 @@
 //! function tests can call.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use crate::deploy::{DeploySpec, DriverConfig};
 use s3dock_aws::location::Base;
 use s3dock_aws::sqs::{MAX_VISIBILITY, MAX_WAIT, SqsConfig};
 use s3dock_core::names::{AgentId, AppName, EnvName};
-use serde::de::{self, Visitor};
+
 use serde::{Deserialize, Deserializer};
 
 mod service_file;

@@ -27,6 +27,7 @@ pub mod docker;
 pub mod fake;
 pub mod git;
 pub mod load_tags;
+pub mod partial;
 pub mod ship;
 
 pub use archive::{ArchiveFormat, archive_format_of, sniff_archive_format};

@@ -151,7 +151,7 @@ pub async fn push(
     let format = save_format(engine).await?;
     let saved = engine.save_image(&reference).await?;
     let counted = transfer::counting(transfer::cancellable(saved, cancel.clone()), progress.clone());
-    let compressed = gzip::compress(counted, req.gzip);
+    let reopen = reopen_save(engine, &reference, cancel, progress);
     let facts = PushFacts {
         image_id: info.id.clone(),
         git_hash: commit,
@@ -161,7 +161,8 @@ pub async fn push(
         format: Some(format.as_str().to_owned()),
         tar_bytes: Some(progress.clone()),
     };
-    let mut outcome = registry.push_archive(image, &facts, compressed, plan).await?;
+    // The layered layout, composed from ranges the bucket already holds where it can.
+    let mut outcome = registry.push_layered(image, &facts, counted, &reopen, plan, req.gzip, true).await?;
     outcome.image = image.clone();
     Ok(PushReport {
         image: image.clone(),
@@ -171,6 +172,23 @@ pub async fn push(
         outcome,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Opens `docker save` of `reference` again (a composed push that has to be redone).
+fn reopen_save<'a>(
+    engine: &'a dyn DockerEngine,
+    reference: &'a str,
+    cancel: &'a CancellationToken,
+    progress: &'a Progress,
+) -> impl Fn() -> futures::future::BoxFuture<'a, s3dock_core::Result<BoxReader>> + Send + Sync + 'a {
+    move || {
+        Box::pin(async move {
+            let saved = engine.save_image(reference).await.map_err(|e| s3dock_core::Error::Conflict {
+                message: format!("{e}; nothing was committed — run the push again"),
+            })?;
+            Ok(transfer::counting(transfer::cancellable(saved, cancel.clone()), progress.clone()))
+        })
+    }
 }
 
 /// The layout `docker save` writes on this engine: OCI on engines 25+ and on any engine using
@@ -208,6 +226,8 @@ pub struct PullReport {
     /// Local images removed by `keep`.
     pub removed: Vec<String>,
     pub seconds: f64,
+    /// Set when only the layers the engine lacked were downloaded.
+    pub partial: Option<crate::partial::PartialPull>,
 }
 
 /// Records the first error a stream returns, so a failed `docker load` can say why.
@@ -274,62 +294,49 @@ pub async fn pull(
             }
         }
     }
+    let mut partial = None;
     if skipped.is_none() {
-        let download = transfer::verified_download(
-            registry.store().clone(),
-            record.archive_key.clone(),
-            record.metadata.clone(),
-            // Exactly the object the metadata committed: a re-push landing meanwhile is "replaced
-            // while downloading", not a corrupt archive.
-            record.metadata.archive_etag.as_ref().map(|e| s3dock_core::store::ETag(e.clone())),
-            progress.clone(),
-        );
         // Never decompress more than the push recorded (or, for older metadata, more than gzip's
         // best ratio allows), so a lying archive cannot fill the disk through `docker load`.
         let limit = record.metadata.tar_size.unwrap_or_else(|| record.metadata.size.saturating_mul(1100));
-        // Tap after gunzip: it sees the download's verdict (a digest mismatch, the object
-        // deleted or replaced mid-way) and gunzip's own (a bad CRC, a truncated member).
-        let first_error: Arc<Mutex<Option<(std::io::ErrorKind, String)>>> = Arc::default();
-        // The archive may only name the image pulled: other names in it would silently move
-        // other images' tags on this host.
-        let tar = Box::pin(ErrorTap {
-            inner: crate::load_tags::only_tag(gzip::decompress_limited(download, limit), &image),
-            first: first_error.clone(),
-        });
-        if let Err(e) = engine.load_image(tar).await {
-            let cause = first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            return Err(match cause {
-                // The download verified its bytes before gunzip saw their end, so an archive
-                // cut inside a gzip member is what the bucket holds: corrupt, not unavailable.
-                Some((std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof, cause)) => {
-                    ShipError::Integrity { message: format!("{cause}; nothing was loaded into Docker") }
+        // Exactly the object the metadata committed: a re-push landing meanwhile is "replaced
+        // while downloading", not a corrupt archive.
+        let etag = record.metadata.archive_etag.as_ref().map(|e| s3dock_core::store::ETag(e.clone()));
+        let mut loaded = false;
+        if let Some(plan) = crate::partial::plan(engine, &record.metadata).await? {
+            progress.set_total(plan.bytes);
+            let download = s3dock_core::layers::ranged_download(
+                registry.store().clone(),
+                record.archive_key.clone(),
+                etag.clone(),
+                plan.ranges.clone(),
+                progress.clone(),
+            );
+            match load_archive(engine, download, limit, &record).await {
+                Ok(()) => {
+                    loaded = true;
+                    partial = Some(crate::partial::PartialPull {
+                        layers_present: plan.present,
+                        layers: plan.layers,
+                        bytes_skipped: record.metadata.size - plan.bytes,
+                    });
                 }
-                Some((std::io::ErrorKind::NotFound, cause)) => ShipError::Registry(s3dock_core::Error::NotFound {
-                    what: cause,
-                    hint: "nothing was loaded into Docker".into(),
-                }),
-                _ => e.into(),
-            });
+                Err(ShipError::Engine(e)) if crate::partial::refused(&e) => {
+                    tracing::warn!(image = %reference, error = %e, "the engine refused the partial archive; downloading the whole image");
+                    progress.set_total(record.metadata.size + plan.bytes);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let loaded = engine.inspect_image(&reference).await?;
-        match (loaded, &want_id) {
-            (None, _) => {
-                return Err(ShipError::Integrity {
-                    message: format!(
-                        "docker load finished but {reference} is not in the engine; the archive at {} is not an s3dock image of it — re-push it",
-                        record.archive_key
-                    ),
-                });
-            }
-            (Some(l), Some(want)) if &l.id != want => {
-                return Err(ShipError::Integrity {
-                    message: format!(
-                        "loaded {reference} has image id {}, but its metadata says {want}; the archive does not match its metadata — re-push {reference}",
-                        l.id
-                    ),
-                });
-            }
-            _ => {}
+        if !loaded {
+            let download = transfer::verified_download(
+                registry.store().clone(),
+                record.archive_key.clone(),
+                record.metadata.clone(),
+                etag,
+                progress.clone(),
+            );
+            load_archive(engine, download, limit, &record).await?;
         }
     }
     // Tag what is now here (loaded or found), even when it was already: a `docker load` sets no
@@ -351,7 +358,66 @@ pub async fn pull(
         resolved,
         removed,
         seconds: started.elapsed().as_secs_f64(),
+        partial,
     })
+}
+
+/// Streams a gzipped archive through gunzip (at most `limit` bytes) into `docker load`, then
+/// checks the engine has the image `record` describes.
+async fn load_archive(
+    engine: &dyn DockerEngine,
+    download: BoxReader,
+    limit: u64,
+    record: &s3dock_core::registry::ImageRecord,
+) -> Result<(), ShipError> {
+    let image = &record.image;
+    let reference = image.to_string();
+    let want_id = &record.metadata.image_id;
+    // Tap after gunzip: it sees the download's verdict (a digest mismatch, the object
+    // deleted or replaced mid-way) and gunzip's own (a bad CRC, a truncated member).
+    let first_error: Arc<Mutex<Option<(std::io::ErrorKind, String)>>> = Arc::default();
+    // The archive may only name the image pulled: other names in it would silently move
+    // other images' tags on this host.
+    let tar = Box::pin(ErrorTap {
+        inner: crate::load_tags::only_tag(gzip::decompress_limited(download, limit), image),
+        first: first_error.clone(),
+    });
+    if let Err(e) = engine.load_image(tar).await {
+        let cause = first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        return Err(match cause {
+            // The download verified its bytes before gunzip saw their end, so an archive
+            // cut inside a gzip member is what the bucket holds: corrupt, not unavailable.
+            Some((std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof, cause)) => {
+                ShipError::Integrity { message: format!("{cause}; nothing was loaded into Docker") }
+            }
+            Some((std::io::ErrorKind::NotFound, cause)) => ShipError::Registry(s3dock_core::Error::NotFound {
+                what: cause,
+                hint: "nothing was loaded into Docker".into(),
+            }),
+            _ => e.into(),
+        });
+    }
+    let loaded = engine.inspect_image(&reference).await?;
+    match (loaded, want_id) {
+        (None, _) => {
+            return Err(ShipError::Integrity {
+                message: format!(
+                    "docker load finished but {reference} is not in the engine; the archive at {} is not an s3dock image of it — re-push it",
+                    record.archive_key
+                ),
+            });
+        }
+        (Some(l), Some(want)) if &l.id != want => {
+            return Err(ShipError::Integrity {
+                message: format!(
+                    "loaded {reference} has image id {}, but its metadata says {want}; the archive does not match its metadata — re-push {reference}",
+                    l.id
+                ),
+            });
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// How long after its last pull (its tag time) an image is spared by [`remove_old_images`].

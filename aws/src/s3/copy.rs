@@ -136,7 +136,7 @@ impl S3Store {
 }
 
 impl Upload {
-    async fn copy_part(
+    pub(super) async fn copy_part(
         self,
         number: i32,
         source_key: ObjectKey,
@@ -172,7 +172,7 @@ fn source_changed(src: &ObjectKey) -> StoreError {
 }
 
 /// `bucket/key` for CopySource, the key percent-encoded (keys may hold spaces, `+`, `%`...).
-fn copy_source(bucket: &str, full_key: &str) -> String {
+pub(super) fn copy_source(bucket: &str, full_key: &str) -> String {
     let mut out = String::with_capacity(bucket.len() + full_key.len() + 8);
     out.push_str(bucket);
     out.push('/');

@@ -27,8 +27,10 @@ impl S3Store {
 
     pub(super) async fn get_object(&self, key: &ObjectKey, opts: GetOptions) -> Result<GetObject, StoreError> {
         let mut req = self.client.get_object().bucket(&self.cfg.bucket).key(self.full_key(key));
-        if opts.offset > 0 {
-            req = req.range(format!("bytes={}-", opts.offset));
+        match opts.length {
+            Some(n) if n > 0 => req = req.range(format!("bytes={}-{}", opts.offset, opts.offset + n - 1)),
+            _ if opts.offset > 0 => req = req.range(format!("bytes={}-", opts.offset)),
+            _ => {}
         }
         if let Some(etag) = &opts.if_match {
             req = req.if_match(&etag.0);
@@ -38,7 +40,7 @@ impl S3Store {
         }
         match req.send().await {
             Ok(out) => {
-                let size = if opts.offset > 0 {
+                let size = if opts.offset > 0 || opts.length.is_some_and(|n| n > 0) {
                     out.content_range()
                         .and_then(total_from_content_range)
                         .ok_or_else(|| self.ctx.protocol("a ranged GET response has no usable Content-Range", key))?

@@ -17,7 +17,8 @@
 //!   taken apart by [`crate::error::classify`], which the SQS and STS clients share.
 //!
 //! One module per operation: [`config`] (the bucket, prefix and limits), [`upload`] (PutObject
-//! and multipart uploads), [`get`] (HEAD and ranged, resumable GETs), [`copy`] (server-side
+//! and multipart uploads), [`compose`] (objects made of uploaded bytes and server-side copies of
+//! ranges of other objects), [`get`] (HEAD and ranged, resumable GETs), [`copy`] (server-side
 //! copies), [`list`], [`delete`], [`errors`] (the error mapping) and [`bucket`] (bucket-level
 //! settings `s3dock doctor` checks).
 
@@ -30,10 +31,12 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use s3dock_core::names::ObjectKey;
 use s3dock_core::store::{
-    BoxReader, ETag, GetObject, GetOptions, ListPage, ObjectInfo, ObjectStore, Precondition, PutOptions, StoreError,
+    BoxReader, ETag, GetObject, GetOptions, ListPage, ObjectInfo, ObjectStore, PieceStream, Precondition, PutOptions,
+    StoreError,
 };
 
 mod bucket;
+mod compose;
 mod config;
 mod copy;
 mod delete;
@@ -165,6 +168,10 @@ impl ObjectStore for S3Store {
 
     async fn list_page(&self, prefix: &str, delimited: bool, token: Option<String>) -> Result<ListPage, StoreError> {
         self.list_objects(prefix, delimited, token).await
+    }
+
+    async fn compose(&self, key: &ObjectKey, pieces: PieceStream, opts: PutOptions) -> Result<ObjectInfo, StoreError> {
+        self.compose_parts(key, pieces, opts).await
     }
 
     async fn copy(

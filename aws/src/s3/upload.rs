@@ -217,7 +217,7 @@ pub(super) struct Upload {
 }
 
 impl Upload {
-    async fn part(self, number: i32, data: Bytes) -> Result<CompletedPart, StoreError> {
+    pub(super) async fn part(self, number: i32, data: Bytes) -> Result<CompletedPart, StoreError> {
         let len = data.len() as i64;
         // No part checksum: see the checksum note in `S3Store::connect`. The body is `Bytes`, so
         // the SDK's retries resend exactly the same part.

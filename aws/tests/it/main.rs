@@ -8,6 +8,7 @@
 //! `S3DOCK_TEST_S3_ENDPOINT=aws` plus `S3DOCK_TEST_BUCKET` runs them against real AWS.
 
 mod registry_concurrency;
+mod store_compose;
 mod store_concurrency;
 mod store_contract;
 mod store_errors;

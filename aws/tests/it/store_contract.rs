@@ -25,19 +25,20 @@ use s3dock_core::store::{
 };
 use tempfile::TempDir;
 
+pub(crate) use crate::store_compose::compose;
 use crate::support::*;
 
 /// What a target honours beyond the core contract.
 #[derive(Debug, Clone, Copy)]
-struct Caps {
+pub(crate) struct Caps {
     /// `If-Match` on CompleteMultipartUpload (`If-None-Match: *` there is part of the core).
-    multipart_if_match: bool,
+    pub(crate) multipart_if_match: bool,
     /// `head` returns the write id a `put_stream` stored (S3 user metadata, memory). The local
     /// store never loses a response, so it keeps none.
-    write_ids: bool,
+    pub(crate) write_ids: bool,
     /// `If-Match` on DeleteObject honoured by the server itself (the S3 store also compares
     /// the ETag first, so `delete_if` holds either way outside a race).
-    server_conditional_delete: bool,
+    pub(crate) server_conditional_delete: bool,
 }
 
 impl Caps {
@@ -53,15 +54,15 @@ impl Caps {
 }
 
 /// One store under test and what is needed to check it.
-struct Target {
-    name: &'static str,
+pub(crate) struct Target {
+    pub(crate) name: &'static str,
     store: Arc<dyn ObjectStore>,
     /// A store of the same kind (S3: the same bucket) wrapped in `IgnorePreconditions`, which
     /// the probe must refuse.
     careless: Box<dyn ObjectStore>,
     /// For S3 targets: a raw client, to look for leftover multipart uploads.
     s3: Option<S3Fixture>,
-    caps: Caps,
+    pub(crate) caps: Caps,
     _dir: Option<TempDir>,
 }
 
@@ -95,12 +96,12 @@ impl Target {
         }
     }
 
-    fn st(&self) -> &dyn ObjectStore {
+    pub(crate) fn st(&self) -> &dyn ObjectStore {
         self.store.as_ref()
     }
 
     /// S3 targets: no multipart upload may be left in progress.
-    async fn assert_no_uploads(&self, context: &str) {
+    pub(crate) async fn assert_no_uploads(&self, context: &str) {
         if let Some(f) = &self.s3 {
             let left = f.uploads_in_progress().await;
             assert!(left.is_empty(), "{}: {context}: multipart uploads left behind: {left:?}", self.name);
@@ -130,11 +131,11 @@ async fn get_bytes(
     Ok((body, info))
 }
 
-async fn must_read(t: &Target, k: &str) -> Vec<u8> {
+pub(crate) async fn must_read(t: &Target, k: &str) -> Vec<u8> {
     get_bytes(t.st(), k, GetOptions::default()).await.unwrap_or_else(|e| panic!("{}: get {k}: {e}", t.name)).0
 }
 
-fn stale_etag() -> ETag {
+pub(crate) fn stale_etag() -> ETag {
     ETag("\"0123456789abcdef0123456789abcdef\"".into())
 }
 
@@ -641,6 +642,7 @@ contract_suite!(
     write_ids,
     special_keys,
     probe,
+    compose,
 );
 
 // ---- S3 only ----------------------------------------------------------------------------------

@@ -66,12 +66,21 @@ pub async fn run(ctx: &Context, args: &PullArgs) -> Result<Output, CliError> {
         Some(why) => format!("{image} is already loaded: {why}\n"),
         None => {
             let rate = if report.seconds > 0.0 { report.bytes as f64 / report.seconds } else { 0.0 };
-            format!(
+            let mut t = format!(
                 "pulled {image} ({}, {:.1}s, {}/s), verified and loaded\n",
                 human_bytes(report.bytes),
                 report.seconds,
                 human_bytes(rate as u64)
-            )
+            );
+            if let Some(p) = &report.partial {
+                t.push_str(&format!(
+                    "the engine had {} of its {} layers: downloaded only the others ({} not downloaded)\n",
+                    p.layers_present,
+                    p.layers,
+                    human_bytes(p.bytes_skipped)
+                ));
+            }
+            t
         }
     };
     for r in &report.removed {
@@ -85,6 +94,7 @@ pub async fn run(ctx: &Context, args: &PullArgs) -> Result<Output, CliError> {
         "chain": report.resolved.chain,
         "skipped": report.skipped,
         "bytes": report.bytes,
+        "partial": report.partial,
         "seconds": report.seconds,
         "removed": report.removed,
     });

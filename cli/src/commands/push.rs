@@ -141,6 +141,7 @@ pub async fn run(ctx: &Context, args: &PushArgs) -> Result<Output, CliError> {
                 report.seconds,
                 human_bytes(rate as u64)
             );
+            t.push_str(&layer_lines(&o.layers));
             for a in &o.archived {
                 t.push_str(&format!("archived the previous content to {a}\n"));
             }
@@ -160,8 +161,10 @@ pub async fn run(ctx: &Context, args: &PushArgs) -> Result<Output, CliError> {
         "archive_key": o.archive_key.as_str(),
         "metadata_key": o.metadata_key.as_str(),
         "skipped": o.skipped,
-        "md5": o.digests.as_ref().map(|d| d.md5.clone()),
-        "sha256": o.digests.as_ref().map(|d| d.sha256.clone()),
+        // Empty for a composed archive: its ranges' digests are in the metadata instead.
+        "md5": o.digests.as_ref().map(|d| d.md5.clone()).filter(|m| !m.is_empty()),
+        "sha256": o.digests.as_ref().map(|d| d.sha256.clone()).filter(|m| !m.is_empty()),
+        "layers": o.layers,
         "size": o.digests.as_ref().map(|d| d.size),
         "tar_bytes": report.tar_bytes,
         "archived": o.archived.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
@@ -172,6 +175,34 @@ pub async fn run(ctx: &Context, args: &PushArgs) -> Result<Output, CliError> {
     Ok(Output::new(doc, text)
         .warn_all(event_warning(&o.event, &format!("pushing {}", args.image)))
         .warn_all(late_interrupt))
+}
+
+/// What a layered push uploaded and what it reused (and from which image), one line per range.
+fn layer_lines(layers: &[s3dock_core::layers::RangePlan]) -> String {
+    if layers.is_empty() {
+        return String::new();
+    }
+    let (reused, uploaded): (Vec<_>, Vec<_>) = layers.iter().partition(|l| l.reused_from.is_some());
+    let sum = |v: &[&s3dock_core::layers::RangePlan]| v.iter().map(|l| l.bytes).sum::<u64>();
+    let mut t = format!(
+        "{} uploaded ({}), {} reused from earlier images ({})\n",
+        uploaded.len(),
+        human_bytes(sum(&uploaded)),
+        reused.len(),
+        human_bytes(sum(&reused))
+    );
+    for l in layers {
+        let what = match (&l.diff_id, &l.path) {
+            (Some(d), _) => format!("layer {}", &d[..d.len().min(19)]),
+            (None, Some(p)) => p.clone(),
+            (None, None) => "config and manifest".into(),
+        };
+        match &l.reused_from {
+            Some(from) => t.push_str(&format!("  reused   {:>10}  {what} (from {from})\n", human_bytes(l.bytes))),
+            None => t.push_str(&format!("  uploaded {:>10}  {what}\n", human_bytes(l.bytes))),
+        }
+    }
+    t
 }
 
 #[cfg(test)]

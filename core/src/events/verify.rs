@@ -67,13 +67,15 @@ impl Handlers {
         }
         let wid8: String = meta.write_id.as_deref().unwrap_or("").chars().take(8).collect();
         let audit_key =
-            layout::audit(app, meta.created_at, EventType::Push.as_str(), tag.hash7(), &[&meta.checksum[..8], &wid8]);
+            layout::audit(app, meta.created_at, EventType::Push.as_str(), tag.hash7(), &[&meta.content_id8(), &wid8]);
         if self.store.head(&audit_key).await?.is_some() {
             return Ok(Outcome::Duplicate { audit_key });
         }
         let archive_key = bucket::archive_key(meta_key, &meta)
             .ok_or_else(|| EventError::permanent(format!("{meta_key}: no archive key")))?;
         let mut current = doc.current;
+        // The whole-object digests this handler computed (a download), recorded in the audit.
+        let mut whole: Option<Digests> = None;
         let verified = if !current {
             // Replaced by a later push before this event was handled: that push archived this
             // content. The push happened, so it is recorded; nothing else is judged.
@@ -81,12 +83,28 @@ impl Handlers {
         } else {
             let judged = match self.digest_archive(&archive_key, &meta, &verification).await? {
                 Ok((actual, how)) => {
-                    crate::digest::verify((&meta).into(), &actual).map(|()| how).map_err(|m| m.to_string())
+                    let checked = if meta.is_composed() {
+                        // Its ranges were checked against the index as they were read; the
+                        // whole-object digests are what this handler learnt, recorded below.
+                        (actual.size == meta.size)
+                            .then_some(())
+                            .ok_or_else(|| format!("{archive_key} holds {} bytes, not {}", actual.size, meta.size))
+                    } else {
+                        crate::digest::verify((&meta).into(), &actual).map_err(|m| m.to_string())
+                    };
+                    if actual.md5.is_empty() {
+                        checked.map(|()| (how, None))
+                    } else {
+                        checked.map(|()| (how, Some(actual)))
+                    }
                 }
                 Err(reason) => Err(reason),
             };
             match judged {
-                Ok(how) => how,
+                Ok((how, actual)) => {
+                    whole = actual;
+                    how
+                }
                 Err(reason) => {
                     // A re-push may have swapped metadata and archive while the archive was read:
                     // then what was judged is no longer current, and nothing is rejected.
@@ -110,11 +128,15 @@ impl Handlers {
         rec.details = serde_json::to_value(PushDetails {
             image_reference: expected_ref,
             s3_path: archive_key.to_string(),
-            checksum: meta.checksum.clone(),
+            // A composed archive's metadata has no whole-object digests: record the ones read.
+            checksum: match &whole {
+                Some(d) if meta.checksum.is_empty() => d.md5.clone(),
+                _ => meta.checksum.clone(),
+            },
             size: meta.size,
             was_skipped: false,
             was_archived: meta.archived_previous.is_some(),
-            sha256: meta.sha256.clone(),
+            sha256: meta.sha256.clone().or_else(|| whole.as_ref().map(|d| d.sha256.clone())),
             image_id: meta.image_id.clone(),
             metadata_path: Some(meta_key.to_string()),
             verified: Some(verified.to_owned()),
@@ -173,9 +195,28 @@ impl Handlers {
                 // Never read more than the metadata promises (plus one byte to notice more).
                 let mut reader = HashingReader::new(obj.body.take(meta.size.saturating_add(1)));
                 let handle = reader.handle();
-                tokio::io::copy(&mut reader, &mut tokio::io::sink())
-                    .await
-                    .map_err(|e| EventError::transient(format!("reading {archive_key}: {e}")))?;
+                // An indexed archive is checked range by range too; a composed one relies on it.
+                let mut ranges = meta.layers.as_ref().map(|l| crate::layers::RangeChecker::new(l.ranges.clone()));
+                let mut bad_range: Option<String> = None;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = reader
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| EventError::transient(format!("reading {archive_key}: {e}")))?;
+                    if n == 0 {
+                        break;
+                    }
+                    if let (Some(r), None) = (&mut ranges, &bad_range) {
+                        bad_range = r.feed(&buf[..n]).err();
+                    }
+                }
+                if let (Some(r), None) = (&ranges, &bad_range) {
+                    bad_range = r.finish().err();
+                }
+                if let Some(why) = bad_range {
+                    return Ok(Err(format!("{archive_key}: {why}")));
+                }
                 let Some(d) = handle.digests() else {
                     return Err(EventError::transient(format!("{archive_key}: read ended early")));
                 };

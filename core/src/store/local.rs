@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::memory::{check, paginate};
 use super::*;
@@ -283,7 +283,14 @@ impl ObjectStore for LocalStore {
                 .await
                 .map_err(|e| StoreError::io(format!("cannot seek {}", path.display()), e))?;
         }
-        Ok(GetObject { info, body: Box::pin(tokio::io::BufReader::with_capacity(256 * 1024, f)) })
+        let body = tokio::io::BufReader::with_capacity(256 * 1024, f);
+        Ok(GetObject {
+            info,
+            body: match opts.length {
+                Some(n) => Box::pin(body.take(n)),
+                None => Box::pin(body),
+            },
+        })
     }
 
     async fn put_bytes(

@@ -217,7 +217,8 @@ impl ObjectStore for MemoryStore {
         // `current` and the version lookup only return versions with a body.
         let body = v.body.unwrap_or_default();
         let start = (opts.offset as usize).min(body.len());
-        Ok(GetObject { info: v.info, body: reader_from_bytes(body.slice(start..)) })
+        let end = opts.length.map_or(body.len(), |n| start.saturating_add(n as usize).min(body.len()));
+        Ok(GetObject { info: v.info, body: reader_from_bytes(body.slice(start..end)) })
     }
 
     async fn put_bytes(

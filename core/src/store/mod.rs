@@ -15,6 +15,7 @@
 //! before a command relies on them (push, tag, promote, rollback, cleanup) and refuses one
 //! that does not honour them; [`probe`] reports each operation (`s3dock doctor`).
 
+pub mod compose;
 pub mod faults;
 pub mod local;
 pub mod memory;
@@ -28,6 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::names::ObjectKey;
 
+pub use compose::{CopyRange, Piece, PieceStream};
 pub use local::LocalStore;
 pub use memory::MemoryStore;
 
@@ -108,6 +110,8 @@ pub struct GetOptions {
     pub if_match: Option<ETag>,
     /// Read this version of the object (S3 versioning); ignored by stores without versions.
     pub version_id: Option<String>,
+    /// Read at most this many bytes from `offset` (a ranged GET with an end).
+    pub length: Option<u64>,
 }
 
 pub struct GetObject {
@@ -329,6 +333,14 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// `PreconditionFailed` if it changed, `NotFound` if it is gone. What a handler or cleanup
     /// deletes is what it inspected, never a version that landed since.
     async fn delete_if(&self, key: &ObjectKey, etag: &ETag) -> Result<(), StoreError>;
+
+    /// Writes an object made of `pieces` in order: bytes to upload, and ranges of existing
+    /// objects (each read only while it has the ETag given). Same guarantees as
+    /// [`put_stream`](Self::put_stream): on any error nothing becomes visible. The default reads
+    /// the ranges and writes them (memory, local directory); S3 copies them on the server.
+    async fn compose(&self, key: &ObjectKey, pieces: PieceStream, opts: PutOptions) -> Result<ObjectInfo, StoreError> {
+        compose::by_reading(self, key, pieces, opts).await
+    }
 
     fn precondition_support(&self) -> PreconditionSupport {
         PreconditionSupport::Probe

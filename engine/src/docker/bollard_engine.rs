@@ -358,6 +358,21 @@ impl DockerEngine for BollardEngine {
         }
     }
 
+    async fn image_layers(&self) -> Result<Vec<Vec<String>>, EngineError> {
+        let images =
+            self.control.list_images(Some(query::ListImagesOptions::default())).await.map_err(|e| self.error(e))?;
+        let mut out = Vec::with_capacity(images.len());
+        for i in images {
+            match self.control.inspect_image(&i.id).await {
+                Ok(info) => out.push(info.root_fs.and_then(|r| r.layers).unwrap_or_default()),
+                // Removed since the listing.
+                Err(e) if status_of(&e) == Some(404) => {}
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        Ok(out)
+    }
+
     async fn save_image(&self, reference: &str) -> Result<BoxReader, EngineError> {
         let mut body = Box::pin(self.streaming.export_image(reference));
         // Wait for the first bytes so that a missing image is an error of this call rather

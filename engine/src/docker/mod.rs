@@ -372,6 +372,13 @@ pub trait DockerEngine: Send + Sync + std::fmt::Debug {
     /// `None` if the engine has no such image.
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError>;
 
+    /// The layers (`rootfs` diff ids, in order) of every image the engine holds: the layer
+    /// chains a `docker load` finds present and does not read again. An engine that cannot tell
+    /// reports none, and pulls download whole archives.
+    async fn image_layers(&self) -> Result<Vec<Vec<String>>, EngineError> {
+        Ok(Vec::new())
+    }
+
     /// A streaming `docker save` of one image. A missing image fails here with
     /// [`EngineError::ImageNotFound`]; a failure after the first bytes fails a read.
     async fn save_image(&self, reference: &str) -> Result<BoxReader, EngineError>;

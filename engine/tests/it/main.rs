@@ -13,5 +13,6 @@ mod deploy;
 mod deploy_exhaustive;
 mod deploy_fake;
 mod images;
+mod layered;
 mod ship;
 mod version;

@@ -72,6 +72,12 @@ pub enum Op {
     Cleanup {
         keep: usize,
     },
+    /// A push in the layered layout, composed from earlier archives where it can.
+    LayeredPush {
+        tag: ImageTag,
+        top: u8,
+        interrupted: bool,
+    },
     /// Writes an archive and metadata whose checksum does not match (a buggy writer).
     CorruptPush {
         tag: ImageTag,
@@ -227,11 +233,44 @@ impl World {
                     Err(e) => Self::failed(&e),
                 }
             }
+            Op::LayeredPush { tag, top, interrupted } => self.layered_push(&user, tag, *top, *interrupted).await,
             Op::CorruptPush { tag } => self.raw_push(&user, tag, false).await,
             Op::FuturePush { tag } => self.raw_push(&user, tag, true).await,
             Op::Read { env } => self.read(&user, env).await,
         };
         Report { user, op, outcome }
+    }
+
+    async fn layered_push(&self, user: &str, tag: &ImageTag, top: u8, interrupted: bool) -> Outcome {
+        let reg = self.registry(user);
+        let image = ImageRef::new(self.app.clone(), tag.clone());
+        let (tar, image_id) = super::layered::archive(tag, top);
+        let facts = PushFacts {
+            image_id: image_id.clone(),
+            git_hash: format!("{}{}", tag.hash7(), "0".repeat(33)),
+            git_time: tag.time_str(),
+            format: Some("docker-archive".into()),
+            ..Default::default()
+        };
+        let plan = match reg.plan_push(&image, &image_id, true).await {
+            Ok(PushPlan::Skip { .. }) => return Outcome::NoOp { why: "skipped: same image id".into() },
+            Ok(PushPlan::Upload(plan)) => plan,
+            Err(e) => return Self::failed(&e),
+        };
+        let open = {
+            let tar = tar.clone();
+            move || if interrupted { broken(tar.clone()) } else { reader_from_bytes(tar.clone()) }
+        };
+        let reopen = || -> futures::future::BoxFuture<'static, s3dock_core::Result<BoxReader>> {
+            let r = open();
+            Box::pin(async move { Ok(r) })
+        };
+        let gzip = s3dock_core::gzip::GzipOptions { level: 1, threads: 1, block_size: 64 * 1024 };
+        match reg.push_layered(&image, &facts, open(), &reopen, plan, gzip, true).await {
+            Ok(o) if o.skipped.is_some() => Outcome::NoOp { why: o.skipped.unwrap_or_default() },
+            Ok(o) => Outcome::Wrote { seq: None, event_ok: World::event_ok(&o.event) },
+            Err(e) => Self::failed(&e),
+        }
     }
 
     async fn push(&self, user: &str, tag: &ImageTag, c: u8, id: u8, interrupted: bool, force: bool) -> Outcome {

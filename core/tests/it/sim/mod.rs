@@ -19,6 +19,7 @@
 
 pub mod actors;
 pub mod check;
+pub mod layered;
 pub mod sched;
 pub mod store;
 
@@ -84,7 +85,8 @@ fn plan(seed: u64) -> (EventMode, Faults, Vec<Op>) {
         let ver = versions[rng.random_range(0..versions.len())].clone();
         let env = envs[rng.random_range(0..envs.len())].clone();
         let op = match rng.random_range(0..100) {
-            0..25 => Op::Push {
+            0..8 => Op::LayeredPush { tag: t, top: rng.random_range(0..3), interrupted: rng.random_bool(0.15) },
+            8..25 => Op::Push {
                 tag: t,
                 content: rng.random_range(0..3),
                 image_id: rng.random_range(0..3),
