@@ -114,7 +114,7 @@ async fn pump(
     };
     let (mut md5, mut sha256) = (Md5::new(), Sha256::new());
     // An indexed archive is also checked range by range; a composed one only that way.
-    let mut ranges = meta.layers.as_ref().map(|l| crate::layers::RangeChecker::new(l.ranges.clone()));
+    let mut ranges = meta.layers.as_ref().map(|l| crate::layers::check::RangeChecker::new(l.ranges.clone()));
     let mut offset = 0u64;
     let mut resumes = 0u32;
     'outer: loop {

@@ -59,8 +59,35 @@ pub async fn plan(engine: &dyn DockerEngine, meta: &ImageMetadata) -> Result<Opt
     Ok(Some(PartialPlan { ranges, bytes, present, layers: index.diff_ids.len() }))
 }
 
-/// Whether a failed load of a partial archive is the engine refusing it (a layer file it
-/// wanted is not in the archive), so that the whole archive should be loaded instead.
+/// Whether a failed load of a partial archive is the engine refusing it because a layer file
+/// it wanted is not in the archive, so that the whole archive should be loaded instead. Docker
+/// 20.10's classic store says `open /var/lib/docker/tmp/docker-import-…/{id}/layer.tar: no such
+/// file or directory`; the containerd image store names the blob it did not find. Any other
+/// failure (a full disk, a broken engine) is the pull's error, not a reason to download
+/// everything again.
 pub fn refused(e: &EngineError) -> bool {
-    matches!(e, EngineError::Load { .. })
+    let EngineError::Load { message } = e else { return false };
+    let m = message.to_ascii_lowercase();
+    ["no such file or directory", "not found", "does not exist", "missing"].iter().any(|s| m.contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(message: &str) -> EngineError {
+        EngineError::Load { message: message.into() }
+    }
+
+    #[test]
+    fn only_a_missing_layer_is_a_refusal() {
+        // What Docker 20.10 (API 1.41) answers for a manifest naming a layer file the archive lacks.
+        assert!(refused(&load(
+            "open /var/lib/docker/tmp/docker-import-3535922505/abc/layer.tar: no such file or directory"
+        )));
+        assert!(refused(&load("failed to import: content digest sha256:1234: not found")));
+        assert!(!refused(&load("write /var/lib/docker/tmp/x: no space left on device")));
+        assert!(!refused(&load("archive/tar: invalid tar header")));
+        assert!(!refused(&EngineError::Daemon { status: 500, message: "layer not found".into() }));
+    }
 }

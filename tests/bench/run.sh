@@ -6,13 +6,19 @@
 #
 # Settings: BENCH_SIZE_MB (default 500) the main image, BENCH_BIG_MB (default 1024, 0 = skip)
 # the image for the peak-memory check, BENCH_REPORT (default docs/benchmarks.md).
-# Needs Docker, /usr/bin/time and python3; installs LocalStack (with awscli) like the tests.
+# Needs Docker, /usr/bin/time and python3; installs LocalStack (with awscli) like the tests, and
+# pigz for the expert recipe.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/s3dock/target}"
 export S3DOCK_STATE="$(mktemp -d /tmp/s3dock-bench.XXXXXX)"
 trap 'tests/services.sh localstack-stop >/dev/null 2>&1 || true; rm -rf "$S3DOCK_STATE"' EXIT
 
+if ! command -v pigz >/dev/null 2>&1; then
+    echo "bench: installing pigz (the expert recipe)" >&2
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pigz
+fi
 echo "bench: building the release s3dock" >&2
 cargo build --release --locked --bin s3dock
 tests/services.sh localstack-start

@@ -4,10 +4,13 @@
 //! `x-amz-copy-source-if-match`).
 //!
 //! Every part but the last must be at least 5 MiB. Bytes are gathered into parts of the
-//! store's part size; a copied range of at least 5 MiB becomes its own part(s). When bytes
-//! waiting before such a range are fewer than 5 MiB, the range's first bytes are downloaded to
-//! complete them; a range smaller than 5 MiB is downloaded whole and uploaded with its
-//! neighbours. Completion carries the write's precondition, like every upload.
+//! store's part size, always leaving at least 5 MiB behind; a copied range of at least 5 MiB
+//! becomes its own part(s). A range smaller than 5 MiB is downloaded whole and uploaded with
+//! its neighbours. The layered layout writes large ranges first and small ones (new or
+//! reused) last (`s3dock_core::layers::encode`), so bytes waiting before a large copied range
+//! are either none or a whole new layer of at least 5 MiB; only when they are fewer (another
+//! layout) are the range's first bytes downloaded to complete them. Completion carries the
+//! write's precondition, like every upload.
 
 use bytes::BytesMut;
 use tokio::task::JoinSet;
@@ -125,7 +128,9 @@ impl S3Store {
                     }
                 }
             }
-            while buf.len() >= part_size {
+            // Leave at least a minimum part behind, so that bytes waiting before a copied
+            // range make a part of their own without borrowing the range's head.
+            while buf.len() >= part_size + MIN_PART_SIZE {
                 let n = next(&mut number)?;
                 tasks.spawn(upload.clone().part(n, buf.split_to(part_size).freeze()));
                 self.throttle(upload, tasks, parts).await?;

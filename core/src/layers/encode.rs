@@ -2,6 +2,14 @@
 //! of gzip members under a content-addressed name with fixed header fields, and the small
 //! files (config, manifest, legacy per-layer files) follow at the end, in one last run.
 //!
+//! Layer ranges of at least [`Layout::defer_below`] compressed bytes come in the order
+//! `docker save` streams them; smaller ones are held back and written after them, just before
+//! the tail. `docker load` reads the manifest, not the tar order, so the order is free; this
+//! one lets a store that composes from parts with a minimum size (S3: 5 MiB, every part but the
+//! last) copy every large reused range as parts of its own and send the small ranges, new or
+//! reused, together in the last part, instead of downloading the head of a large range to
+//! make up a part in front of it.
+//!
 //! Layer entries keep the names `docker save` gives them: `{id}/layer.tar`, where the id is
 //! derived from the layer's whole chain (every non-top layer's id is the same in every image
 //! built on that chain), or `blobs/sha256/{digest}` in OCI archives. With fixed header fields the
@@ -34,6 +42,23 @@ use crate::store::{BoxReader, CopyRange, Piece, PieceStream};
 pub const SMALL_ENTRY: u64 = 1 << 20;
 /// The most the small files of one archive may hold together.
 pub const MAX_HELD: u64 = 32 << 20;
+
+/// Where ranges go in the object (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Layer ranges with fewer compressed bytes than this are written after the larger ones.
+    pub defer_below: u64,
+    /// The most compressed bytes of new small ranges held in memory for that; past it, small
+    /// ranges stay where they are.
+    pub max_deferred: u64,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        // S3's smallest part (but the last) of a multipart upload.
+        Layout { defer_below: 5 << 20, max_deferred: 32 << 20 }
+    }
+}
 
 /// A range an earlier archive holds, ready to be copied.
 #[derive(Debug, Clone)]
@@ -75,10 +100,20 @@ pub fn encode(
     opts: GzipOptions,
     reuse: HashMap<String, ReuseSource>,
 ) -> (PieceStream, oneshot::Receiver<Encoded>) {
+    encode_with(input, opts, reuse, Layout::default())
+}
+
+/// [`encode`] with another [`Layout`].
+pub fn encode_with(
+    input: BoxReader,
+    opts: GzipOptions,
+    reuse: HashMap<String, ReuseSource>,
+    layout: Layout,
+) -> (PieceStream, oneshot::Receiver<Encoded>) {
     let (tx, rx) = mpsc::channel::<std::io::Result<Piece>>(8);
     let (done_tx, done_rx) = oneshot::channel();
     tokio::spawn(async move {
-        match run(input, opts, reuse, tx.clone()).await {
+        match run(input, opts, reuse, layout, tx.clone()).await {
             Ok(encoded) => {
                 let _ = done_tx.send(encoded);
             }
@@ -113,6 +148,55 @@ struct Held {
     link: String,
 }
 
+/// A small layer range held back to be written after the large ones.
+enum Deferred {
+    /// Reused: the copy, written as it is.
+    Copy { name: String, tar_length: u64, src: ReuseSource },
+    /// New: its compressed bytes, whole.
+    Data { name: String, tar_length: u64, bytes: Bytes, length: u64, sha256: String },
+}
+
+/// The index and the report, built range by range in object order.
+#[derive(Default)]
+struct Written {
+    ranges: Vec<IndexRange>,
+    plan: Vec<RangePlan>,
+    offset: u64,
+}
+
+impl Written {
+    fn reused(&mut self, name: String, tar_length: u64, src: &ReuseSource) {
+        self.ranges.push(IndexRange {
+            offset: self.offset,
+            length: src.copy.length,
+            sha256: src.range.sha256.clone(),
+            tar_length,
+            diff_id: src.range.diff_id.clone(),
+            path: Some(name.clone()),
+        });
+        self.plan.push(RangePlan {
+            path: Some(name),
+            diff_id: src.range.diff_id.clone(),
+            bytes: src.copy.length,
+            reused_from: Some(src.image.clone()),
+        });
+        self.offset += src.copy.length;
+    }
+
+    fn new_range(&mut self, path: Option<String>, tar_length: u64, length: u64, sha256: String) {
+        self.ranges.push(IndexRange {
+            offset: self.offset,
+            length,
+            sha256,
+            tar_length,
+            diff_id: None,
+            path: path.clone(),
+        });
+        self.plan.push(RangePlan { path, diff_id: None, bytes: length, reused_from: None });
+        self.offset += length;
+    }
+}
+
 fn is_layer(e: &tar::Entry) -> bool {
     e.kind == Kind::File && (e.name.ends_with("/layer.tar") || e.size >= SMALL_ENTRY)
 }
@@ -121,38 +205,29 @@ async fn run(
     input: BoxReader,
     opts: GzipOptions,
     reuse: HashMap<String, ReuseSource>,
+    layout: Layout,
     tx: mpsc::Sender<std::io::Result<Piece>>,
 ) -> std::io::Result<Encoded> {
     let mut reader = tar::Reader::new(input);
     let mut whole = Some(Whole::default());
-    let mut ranges: Vec<IndexRange> = Vec::new();
-    let mut plan: Vec<RangePlan> = Vec::new();
-    let mut offset = 0u64;
+    let mut out = Written::default();
     let mut held: Vec<Held> = Vec::new();
     let mut held_bytes = 0u64;
+    let mut deferred: Vec<Deferred> = Vec::new();
+    let mut deferred_bytes = 0u64;
     while let Some(e) = reader.next().await? {
         if is_layer(&e) {
             let tar_length = tar::BLOCK as u64 + tar::padded(e.size);
             if let Some(src) = reuse.get(&e.name).filter(|s| s.range.tar_length == tar_length) {
                 // The same entry, already compressed in the bucket: skip its bytes unread.
                 reader.skip_rest().await?;
-                tx.send(Ok(Piece::Copy(src.copy.clone()))).await.map_err(|_| gone())?;
                 whole = None;
-                ranges.push(IndexRange {
-                    offset,
-                    length: src.copy.length,
-                    sha256: src.range.sha256.clone(),
-                    tar_length,
-                    diff_id: src.range.diff_id.clone(),
-                    path: Some(e.name.clone()),
-                });
-                plan.push(RangePlan {
-                    path: Some(e.name),
-                    diff_id: src.range.diff_id.clone(),
-                    bytes: src.copy.length,
-                    reused_from: Some(src.image.clone()),
-                });
-                offset += src.copy.length;
+                if src.copy.length < layout.defer_below {
+                    deferred.push(Deferred::Copy { name: e.name, tar_length, src: src.clone() });
+                } else {
+                    tx.send(Ok(Piece::Copy(src.copy.clone()))).await.map_err(|_| gone())?;
+                    out.reused(e.name, tar_length, src);
+                }
                 continue;
             }
             let first = reader.data(e.size, 64 * 1024).await?;
@@ -165,7 +240,9 @@ async fn run(
                 }))),
                 GzipOptions { level, ..opts },
             );
-            let fwd = tokio::spawn(forward(compressed, tx.clone(), whole.take()));
+            // Held until it is known to be large, unless the held-back bytes are at their limit.
+            let hold = if deferred_bytes < layout.max_deferred { layout.defer_below } else { 0 };
+            let fwd = tokio::spawn(forward(compressed, tx.clone(), whole.take(), hold));
             let feed = async {
                 seg_tx.send(Ok(Bytes::from(tar::header(&e.name, Kind::File, e.size, "")))).await.map_err(|_| gone())?;
                 let mut left = e.size - first.len() as u64;
@@ -184,12 +261,21 @@ async fn run(
                 return Err(err);
             }
             drop(seg_tx);
-            let (length, sha256, w) =
-                fwd.await.map_err(|e| std::io::Error::other(format!("a compression task failed: {e}")))??;
-            whole = w;
-            ranges.push(IndexRange { offset, length, sha256, tar_length, diff_id: None, path: Some(e.name.clone()) });
-            plan.push(RangePlan { path: Some(e.name), diff_id: None, bytes: length, reused_from: None });
-            offset += length;
+            let sent = fwd.await.map_err(|e| std::io::Error::other(format!("a compression task failed: {e}")))??;
+            whole = sent.whole;
+            match sent.held {
+                Some(bytes) => {
+                    deferred_bytes += sent.length;
+                    deferred.push(Deferred::Data {
+                        name: e.name,
+                        tar_length,
+                        bytes,
+                        length: sent.length,
+                        sha256: sent.sha256,
+                    });
+                }
+                None => out.new_range(Some(e.name), tar_length, sent.length, sent.sha256),
+            }
         } else {
             held_bytes += e.size + tar::BLOCK as u64;
             if held_bytes > MAX_HELD {
@@ -202,6 +288,23 @@ async fn run(
             held.push(Held { name: e.name, kind: e.kind, data, link: e.link });
         }
     }
+    // The small layer ranges, after the large ones.
+    for d in deferred {
+        match d {
+            Deferred::Copy { name, tar_length, src } => {
+                tx.send(Ok(Piece::Copy(src.copy.clone()))).await.map_err(|_| gone())?;
+                out.reused(name, tar_length, &src);
+            }
+            Deferred::Data { name, tar_length, bytes, length, sha256 } => {
+                if let Some(w) = &mut whole {
+                    w.md5.update(&bytes);
+                    w.sha256.update(&bytes);
+                }
+                tx.send(Ok(Piece::Data(bytes))).await.map_err(|_| gone())?;
+                out.new_range(Some(name), tar_length, length, sha256);
+            }
+        }
+    }
     // The tail: every small file, then the end-of-archive marker, in one last run of members.
     let mut tail = Vec::new();
     for h in &held {
@@ -210,10 +313,10 @@ async fn run(
     tail.extend(tar::end_marker());
     let tail_tar = tail.len() as u64;
     let compressed = gzip::compress(crate::store::reader_from_bytes(tail), opts);
-    let (length, sha256, whole) = forward(compressed, tx.clone(), whole).await?;
-    ranges.push(IndexRange { offset, length, sha256, tar_length: tail_tar, diff_id: None, path: None });
-    plan.push(RangePlan { path: None, diff_id: None, bytes: length, reused_from: None });
-    offset += length;
+    let sent = forward(compressed, tx.clone(), whole, 0).await?;
+    let whole = sent.whole;
+    out.new_range(None, tail_tar, sent.length, sent.sha256);
+    let Written { mut ranges, mut plan, offset } = out;
 
     let (diff_ids, config_digest) = match resolve(&held) {
         Some((layers, config_digest)) => {
@@ -256,28 +359,54 @@ async fn run(
     Ok(Encoded { index: LayerIndex { diff_ids, ranges, composed }, digests, size: offset, config_digest, plan })
 }
 
-/// Sends a compressed segment on as pieces, hashing it: its length and SHA-256.
+/// A compressed segment, once sent on (or held back).
+struct Sent {
+    length: u64,
+    sha256: String,
+    whole: Option<Whole>,
+    /// The whole segment, when it stayed under the `hold` threshold: not sent, not yet part of
+    /// the whole-object hashes.
+    held: Option<Bytes>,
+}
+
+/// Sends a compressed segment on as pieces, hashing it: its length and SHA-256. The first
+/// `hold` bytes are kept back until the segment proves larger; a segment that never does is
+/// returned whole instead of sent.
 async fn forward(
     mut compressed: BoxReader,
     tx: mpsc::Sender<std::io::Result<Piece>>,
     mut whole: Option<Whole>,
-) -> std::io::Result<(u64, String, Option<Whole>)> {
+    hold: u64,
+) -> std::io::Result<Sent> {
     let mut sha = Sha256::new();
     let mut length = 0u64;
+    // Kept in one buffer (not as read chunks, each of which would pin a whole read buffer).
+    let mut kept: Option<BytesMut> = (hold > 0).then(BytesMut::new);
     loop {
         let mut buf = BytesMut::with_capacity(256 * 1024);
         if compressed.read_buf(&mut buf).await? == 0 {
             break;
         }
         sha.update(&buf);
-        if let Some(w) = &mut whole {
-            w.md5.update(&buf);
-            w.sha256.update(&buf);
-        }
         length += buf.len() as u64;
-        tx.send(Ok(Piece::Data(buf.freeze()))).await.map_err(|_| gone())?;
+        let chunk = match kept.as_mut() {
+            Some(k) => {
+                k.extend_from_slice(&buf);
+                if length < hold {
+                    continue;
+                }
+                // Large after all: send what was kept.
+                kept.take().unwrap_or_default().freeze()
+            }
+            None => buf.freeze(),
+        };
+        if let Some(w) = &mut whole {
+            w.md5.update(&chunk);
+            w.sha256.update(&chunk);
+        }
+        tx.send(Ok(Piece::Data(chunk))).await.map_err(|_| gone())?;
     }
-    Ok((length, hex::encode(sha.finalize()), whole))
+    Ok(Sent { length, sha256: hex::encode(sha.finalize()), whole, held: kept.map(BytesMut::freeze) })
 }
 
 /// The layers in manifest order (the path holding each, its diff id) and the config's digest,

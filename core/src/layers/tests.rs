@@ -367,3 +367,113 @@ async fn oci_archives_keep_their_gzip_layers_as_they_are_and_reuse_them() {
     .await;
     assert_eq!(got, entries(v2.tar.clone()).await);
 }
+
+/// The bytes of an encoded archive: uploaded pieces as they are, copied ones read from `source`.
+async fn collect(mut pieces: crate::store::PieceStream, source: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(p) = crate::store::compose::next_piece(&mut pieces).await {
+        match p.unwrap() {
+            crate::store::Piece::Data(b) => out.extend_from_slice(&b),
+            crate::store::Piece::Copy(r) => {
+                out.extend_from_slice(&source[r.offset as usize..(r.offset + r.length) as usize])
+            }
+        }
+    }
+    out
+}
+
+/// Large layer ranges come first in `docker save` order, the small ones (new or reused) after
+/// them, the tail last: a store with a minimum part size (S3) then copies every large reused
+/// range as parts of its own, with no small bytes waiting in front of it.
+#[tokio::test]
+async fn small_layer_ranges_are_written_after_the_large_ones() {
+    let layout = encode::Layout { defer_below: 5_000, max_deferred: 32 << 20 };
+    let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+    let v1 = save(
+        &[(&a, layer_content(1, 30_000)), (&b, layer_content(2, 900_000)), (&c, layer_content(3, 20_000))],
+        "one",
+        1,
+    );
+    let (pieces, done) = encode::encode_with(reader_from_bytes(v1.tar.clone()), opts(), Default::default(), layout);
+    let first = collect(pieces, &[]).await;
+    let enc = done.await.unwrap();
+    let paths: Vec<Option<&str>> = enc.index.ranges.iter().map(|r| r.path.as_deref()).collect();
+    let (pa, pb, pc) = (format!("{a}/layer.tar"), format!("{b}/layer.tar"), format!("{c}/layer.tar"));
+    assert_eq!(paths, [Some(pb.as_str()), Some(pa.as_str()), Some(pc.as_str()), None], "{:?}", enc.index);
+    assert!(enc.index.ranges[0].length >= layout.defer_below);
+    assert!(enc.index.ranges[1..3].iter().all(|r| r.length < layout.defer_below));
+    enc.index.validate(first.len() as u64).unwrap();
+    assert_eq!(enc.size, first.len() as u64);
+    // Every range is what the index says, and the whole-object digests are of these bytes.
+    for r in &enc.index.ranges {
+        assert_eq!(sha(&first[r.offset as usize..(r.offset + r.length) as usize]), r.sha256);
+    }
+    let d = enc.digests.clone().expect("nothing reused: whole digests");
+    assert_eq!(d.sha256, sha(&first));
+    assert_eq!(entries(gunzip(reader_from_bytes(first.clone())).await).await, entries(v1.tar.clone()).await);
+
+    // A rebuild reusing all three: the large copy first, then the two small copies and the
+    // new top layer, then the tail.
+    let d_ = "d".repeat(64);
+    let v2 = save(
+        &[
+            (&a, layer_content(1, 30_000)),
+            (&b, layer_content(2, 900_000)),
+            (&c, layer_content(3, 20_000)),
+            (&d_, layer_content(4, 10_000)),
+        ],
+        "two",
+        2,
+    );
+    let key = crate::names::ObjectKey::parse("images/myapp/one.tar.gz").unwrap();
+    let reuse: std::collections::HashMap<String, ReuseSource> = enc
+        .index
+        .ranges
+        .iter()
+        .filter(|r| r.path.is_some())
+        .map(|r| {
+            assert!(r.diff_id.is_some(), "{r:?}");
+            let r = r.clone();
+            let copy = crate::store::CopyRange {
+                key: key.clone(),
+                etag: crate::store::ETag("e".into()),
+                offset: r.offset,
+                length: r.length,
+            };
+            (r.path.clone().unwrap(), ReuseSource { image: "myapp:one".into(), copy, range: r })
+        })
+        .collect();
+    let (pieces, done) = encode::encode_with(reader_from_bytes(v2.tar.clone()), opts(), reuse, layout);
+    let second = collect(pieces, &first).await;
+    let enc2 = done.await.unwrap();
+    let plan: Vec<(Option<&str>, bool)> =
+        enc2.plan.iter().map(|p| (p.path.as_deref(), p.reused_from.is_some())).collect();
+    let pd = format!("{d_}/layer.tar");
+    assert_eq!(
+        plan,
+        [
+            (Some(pb.as_str()), true),
+            (Some(pa.as_str()), true),
+            (Some(pc.as_str()), true),
+            (Some(pd.as_str()), false),
+            (None, false)
+        ]
+    );
+    enc2.index.validate(second.len() as u64).unwrap();
+    for r in &enc2.index.ranges {
+        assert_eq!(sha(&second[r.offset as usize..(r.offset + r.length) as usize]), r.sha256);
+    }
+    assert!(enc2.digests.is_none() && enc2.index.composed);
+    assert_eq!(entries(gunzip(reader_from_bytes(second)).await).await, entries(v2.tar.clone()).await);
+
+    // Past the memory limit for held-back bytes, small ranges stay where they are.
+    let tight = encode::Layout { defer_below: 5_000, max_deferred: 1 };
+    let (pieces, done) = encode::encode_with(reader_from_bytes(v1.tar.clone()), opts(), Default::default(), tight);
+    let third = collect(pieces, &[]).await;
+    let enc3 = done.await.unwrap();
+    let paths: Vec<Option<&str>> = enc3.index.ranges.iter().map(|r| r.path.as_deref()).collect();
+    // `a` was held back before the limit was reached; `c`, after it, stays in place.
+    assert_eq!(paths, [Some(pb.as_str()), Some(pc.as_str()), Some(pa.as_str()), None]);
+    enc3.index.validate(third.len() as u64).unwrap();
+    assert_eq!(enc3.digests.unwrap().sha256, sha(&third));
+}
