@@ -183,7 +183,10 @@ impl<'a> From<&'a ImageMetadata> for Expected<'a> {
 }
 
 /// Which part of the digests disagreed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display, strum::EnumString, strum::EnumIter,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum DigestField {
     Size,
     Md5,
@@ -192,17 +195,7 @@ pub enum DigestField {
 
 impl DigestField {
     pub fn as_str(self) -> &'static str {
-        match self {
-            DigestField::Size => "size",
-            DigestField::Md5 => "md5",
-            DigestField::Sha256 => "sha256",
-        }
-    }
-}
-
-impl std::fmt::Display for DigestField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -241,6 +234,18 @@ mod tests {
 
     use super::*;
     use crate::store::{BoxReader, reader_from_bytes};
+
+    /// `as_str`, `Display` and `FromStr` (strum) name every field by the same word.
+    #[test]
+    fn digest_field_words() {
+        use strum::IntoEnumIterator;
+        let words: Vec<&str> = DigestField::iter().map(DigestField::as_str).collect();
+        assert_eq!(words, ["size", "md5", "sha256"]);
+        for f in DigestField::iter() {
+            assert_eq!(f.to_string(), f.as_str());
+            assert_eq!(f.as_str().parse::<DigestField>(), Ok(f));
+        }
+    }
 
     // Published test vectors (RFC 1321 for MD5, FIPS 180-2 for SHA-256).
     const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";

@@ -13,6 +13,7 @@
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use crate::names::{AgentId, AppName, EnvName, ImageRef, ObjectKey};
 
@@ -105,9 +106,10 @@ fn check_len(field: &str, s: &str, max: usize) -> Result<(), String> {
 }
 
 /// The metadata beside an image archive. Written last: its presence commits the push.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageMetadata {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub schema_version: Option<u32>,
     /// MD5 of the `.tar.gz`, lowercase hex; empty for a composed archive (see
     /// [`LayerIndex::composed`](crate::layers::LayerIndex::composed)).
@@ -123,43 +125,43 @@ pub struct ImageMetadata {
     pub image_tag: String,
     pub app_name: String,
     /// SHA-256 of the `.tar.gz`, lowercase hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub sha256: Option<String>,
     /// Docker's content id of the image (`sha256:...`), what `docker inspect` shows as Id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub image_id: Option<String>,
     /// `os/arch[/variant]` of the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub platform: Option<String>,
     /// Who ran the push, as they claimed it (the verifier adds the S3 principal to the audit).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pushed_by: Option<String>,
     /// Where the source lives (the image's `org.opencontainers.image.source` label).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub source: Option<String>,
     /// `docker-archive` (classic `docker save`) or `oci-archive` (containerd image store).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub format: Option<String>,
     /// When this push replaced different content under the same tag: where the replaced
     /// metadata was archived.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub archived_previous: Option<String>,
     /// The key of the archive, when it is not the one beside this document (a re-push writes
     /// its archive at a revision key; absent means `{same stem}.tar.gz`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub archive_path: Option<String>,
     /// The ETag of the archive when it was committed: readers fetch exactly that object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub archive_etag: Option<String>,
     /// Bytes of the uncompressed tar, the bound a pull holds decompression to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tar_size: Option<u64>,
     /// Unique to the push that wrote this document: a push whose response was lost
     /// recognizes its own commit by it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub write_id: Option<String>,
     /// What this push replaced under the same tag (set by a re-push of different content).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub replaced: Option<ReplacedImage>,
     /// The write ids of the documents this one replaced, newest first (see
     /// [`MAX_RECENT_WRITES`]).
@@ -167,7 +169,7 @@ pub struct ImageMetadata {
     pub recent_writes: Vec<String>,
     /// Where each layer's compressed bytes are in the archive, with per-range digests (archives
     /// in the layered layout; absent for older ones, which stay readable as they are).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub layers: Option<crate::layers::LayerIndex>,
 }
 
@@ -206,9 +208,10 @@ fn check_recent(recent: &[String]) -> Result<(), String> {
 }
 
 /// The content a re-push replaced: enough for the audit and for agents to see the change.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplacedImage {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub image_id: Option<String>,
     pub checksum: String,
     /// Whether the replaced image was referenced (a tag, a pointer or an agent) and the push
@@ -300,9 +303,10 @@ impl std::fmt::Display for TargetType {
 }
 
 /// A semantic-version tag: `tags/{app}/{version}.json`, always pointing at an image.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TagDoc {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub schema_version: Option<u32>,
     pub target_type: TargetType,
     /// The image archive key (`images/.../*.tar.gz`).
@@ -312,23 +316,23 @@ pub struct TagDoc {
     pub git_hash: String,
     pub git_time: String,
     /// `app:tag` of the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub source_image: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub source_tag: Option<String>,
     /// The canonical version (`v1.2.0`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub image_id: Option<String>,
     /// Set by a forced move: what the tag pointed to before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub previous: Option<PreviousTarget>,
     /// Set by a forced move: where the replaced tag file was archived.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub archived_to: Option<String>,
     /// Unique to the command that wrote this document (lost-response recognition).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub write_id: Option<String>,
     /// The write ids of the documents this one replaced, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -352,15 +356,16 @@ impl Document for TagDoc {
 }
 
 /// What a pointer replaced: enough to roll back to it.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousTarget {
     pub target_type: TargetType,
     pub target_path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub source_image: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub source_tag: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub seq: Option<u64>,
 }
 
@@ -373,9 +378,10 @@ pub enum PointerAction {
 }
 
 /// An environment pointer: `pointers/{app}/{env}.json`, to an image or to a tag.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PointerDoc {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub schema_version: Option<u32>,
     pub target_type: TargetType,
     /// An image archive key, or a tag key.
@@ -384,20 +390,20 @@ pub struct PointerDoc {
     pub promoted_by: String,
     pub git_hash: String,
     pub git_time: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub source_image: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub source_tag: Option<String>,
     /// Generation number: 1 for the first pointer s3dock writes, +1 on every update. Pointers
     /// of the original tool have none and count as 0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub seq: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub previous: Option<PreviousTarget>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub action: Option<PointerAction>,
     /// Unique to the command that wrote this document (lost-response recognition).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub write_id: Option<String>,
     /// The write ids of the documents this one replaced, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -452,8 +458,22 @@ impl PointerDoc {
 }
 
 /// The kinds of audit record s3dock writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum EventType {
     Push,
     Tag,
@@ -478,33 +498,15 @@ impl EventType {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Push => "push",
-            EventType::Tag => "tag",
-            EventType::Promotion => "promotion",
-            EventType::Rollback => "rollback",
-            EventType::Reject => "reject",
-            EventType::Archive => "archive",
-            EventType::Deploy => "deploy",
-            EventType::Cleanup => "cleanup",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|e| e.as_str() == s)
-    }
-}
-
-impl std::fmt::Display for EventType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
 /// An audit record: `audit/{app}/{YYYYMM}/...json`, created once, never overwritten.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub schema_version: Option<u32>,
     /// Kept as a string so records of kinds added later still list.
     pub event_type: String,
@@ -516,14 +518,14 @@ pub struct AuditRecord {
     pub git_time: String,
     pub details: serde_json::Value,
     /// The identity S3 reported for the write (event handlers only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub principal: Option<String>,
     /// Who wrote the record: `cli`, `lambda` or `agent`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub recorded_by: Option<String>,
     /// Unique to the handler run that wrote the record: the promotion record is the fan-out's
     /// claim, and a handler whose response was lost recognizes its own claim by it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub write_id: Option<String>,
 }
 
@@ -543,6 +545,7 @@ impl AuditRecord {
 }
 
 /// `details` of a `push` record (original field names first).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PushDetails {
     pub image_reference: String,
@@ -553,28 +556,29 @@ pub struct PushDetails {
     pub was_skipped: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub was_archived: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub sha256: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub image_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub metadata_path: Option<String>,
     /// `download` (the verifier re-read the archive), `streamed` (hashed during the upload)
     /// or `superseded` (replaced by a later push before its event was handled; its content
     /// was archived by that push).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub verified: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pushed_by: Option<String>,
     /// A re-push of different content under a referenced tag, allowed by `--force`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
     /// The image id the push replaced, if it replaced one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub replaced_image_id: Option<String>,
 }
 
 /// `details` of a `tag` record.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TagDetails {
     pub image_reference: String,
@@ -582,24 +586,25 @@ pub struct TagDetails {
     pub tag_path: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forced: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub previous_target: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub archived_to: Option<String>,
 }
 
 /// `details` of a `promotion` or `rollback` record.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PromotionDetails {
     pub environment: String,
     pub source: String,
     pub source_type: String,
     pub pointer_path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub previous_target: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub seq: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub image_reference: Option<String>,
     /// Agents notified (event handlers only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -607,13 +612,14 @@ pub struct PromotionDetails {
 }
 
 /// `details` of a `reject` or `archive` record.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArchiveDetails {
     pub path: String,
     pub reason: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub archived_to: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub image_reference: Option<String>,
     /// Whether the bad objects were deleted after archiving; they stay while a tag, pointer or
     /// agent references them (`referenced_by`), or when someone else changed them first.
@@ -659,6 +665,7 @@ impl Document for LeaseDoc {
 }
 
 /// `details` of a `deploy` or host `rollback` record written by an agent or `s3dock deploy`.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployDetails {
     pub environment: String,
@@ -666,87 +673,90 @@ pub struct DeployDetails {
     pub host: String,
     /// `succeeded`, `failed` or `rolled-back`.
     pub result: DeployResult,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub color: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub previous_image: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub message: Option<String>,
     /// Milliseconds per phase (pull, start, health, switch, drain).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub timings_ms: std::collections::BTreeMap<String, u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pointer_seq: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub agent_id: Option<String>,
 }
 
 /// What an agent last did, as it reports it in its registration.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployOutcome {
     /// `succeeded`, `failed` or `rolled-back`.
     pub result: DeployResult,
     pub image: String,
     pub at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub duration_ms: Option<u64>,
 }
 
 /// What an agent runs for its (app, env).
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentState {
     /// `app:tag` serving traffic, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub image: Option<String>,
     /// Docker's id of the image serving (`sha256:...`): what `s3dock status` compares with the
     /// `image_id` of the metadata the pointer resolves to, so a tag re-pushed with new content
     /// is not taken for what runs. Absent in registrations of older agents.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub image_id: Option<String>,
     /// `blue` or `green`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub color: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub since: Option<DateTime<Utc>>,
     /// `healthy`, `unhealthy`, `unknown`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub health: Option<Health>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_deploy: Option<DeployOutcome>,
     /// The pointer seq the agent last converged on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pointer_seq: Option<u64>,
     /// The image the pointer resolved to at the agent's last reconcile (what it converges on).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub desired: Option<String>,
     /// Where the agent stands: `starting`, `converged`, `deploying`, `failed` (the last deploy
     /// of `desired` did not succeed), `no-pointer`, `error` (the last reconcile could not run).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub status: Option<AgentStatus>,
     /// Why the last reconcile could not run (`status = "error"`), or why nothing is deployed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub message: Option<String>,
 }
 
 /// `agents/{app}/{env}/{agent-id}.json`: an agent's registration, heartbeat and state. The
 /// promotion fan-out sends one message to `queue_url` of every registration that is fresh.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRegistration {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub schema_version: Option<u32>,
     pub agent_id: AgentId,
     pub app_name: AppName,
     pub environment: EnvName,
     /// The agent's own SQS queue; absent when the agent only reconciles.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub queue_url: Option<String>,
     pub host: String,
     pub last_heartbeat: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub state: Option<AgentState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub version: Option<String>,
 }
 

@@ -13,7 +13,10 @@
 //! [`sniff_archive_format`] usable on the first few kilobytes of a stream.
 
 /// The layout of a `docker save` archive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display, strum::EnumString, strum::EnumIter,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum ArchiveFormat {
     /// The classic layout: `manifest.json`, `<id>.json`, one directory per layer.
     DockerArchive,
@@ -24,16 +27,7 @@ pub enum ArchiveFormat {
 
 impl ArchiveFormat {
     pub fn as_str(&self) -> &'static str {
-        match self {
-            ArchiveFormat::DockerArchive => "docker-archive",
-            ArchiveFormat::OciArchive => "oci-archive",
-        }
-    }
-}
-
-impl std::fmt::Display for ArchiveFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -103,6 +97,18 @@ pub fn sniff_archive_format(prefix: &[u8]) -> Option<ArchiveFormat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `as_str`, `Display` and `FromStr` (strum) name each format by the same word.
+    #[test]
+    fn archive_format_words() {
+        use strum::IntoEnumIterator;
+        let words: Vec<&str> = ArchiveFormat::iter().map(|f| f.as_str()).collect();
+        assert_eq!(words, ["docker-archive", "oci-archive"]);
+        for f in ArchiveFormat::iter() {
+            assert_eq!(f.to_string(), f.as_str());
+            assert_eq!(f.as_str().parse::<ArchiveFormat>(), Ok(f));
+        }
+    }
 
     const CONFIG: &str = "0f4c1ee1b2f8b3e1ca4ba1f4d6cc6f5f8a0d0c7f0a6b5f2bfa3e7c2a41b8e3d1";
     const LAYER: &str = "7c3f6a0e4b1d2c9a8e5f3b2d1c0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a";

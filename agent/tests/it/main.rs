@@ -1,14 +1,7 @@
-//! The agent against the real Docker engine, nginx and LocalStack: one integration binary, a
-//! module per topic. See `support` for the services each test needs and how it skips.
+//! The agent binary and its library on their own: the `--check` report, the shell surface, and
+//! the service loop over an in-memory host. The tests that drive the agent with the `s3dock` CLI
+//! are in the `s3dock-e2e` package (tests/e2e).
 
 mod check;
-mod crash;
-mod failures;
-mod fleet;
 mod in_memory;
-mod messages;
-mod reconcile;
 mod shell;
-mod shutdown;
-mod sqs;
-mod support;

@@ -16,6 +16,7 @@ use s3dock_core::names::AppName;
 use s3dock_engine::deploy::spec::parse_duration;
 use serde::Serialize;
 use serde_json::{Value, json};
+use serde_with::skip_serializing_none;
 
 use crate::context::Context;
 use crate::exit::CliError;
@@ -100,13 +101,13 @@ impl Status {
 }
 
 /// One line of the report.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     pub name: String,
     pub status: Status,
     pub summary: String,
     /// What to do, for warnings and failures.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
     /// The class of a failure: what the exit code says.
     #[serde(skip)]

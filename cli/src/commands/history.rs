@@ -42,7 +42,7 @@ pub struct HistoryArgs {
 fn event_type() -> impl TypedValueParser<Value = EventType> {
     PossibleValuesParser::new(EventType::ALL.map(EventType::as_str))
         // The parser only lets through the names of `EventType::ALL`, which all parse back.
-        .map(|s| EventType::parse(&s).expect("a possible value is an event type"))
+        .map(|s| s.parse::<EventType>().expect("a possible value is an event type"))
 }
 
 pub async fn run(ctx: &Context, args: &HistoryArgs) -> Result<Output, CliError> {
@@ -93,7 +93,7 @@ fn summary(r: &AuditRecord) -> String {
     let d = &r.details;
     let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_owned);
     let u = |k: &str| d.get(k).and_then(Value::as_u64);
-    let line = match EventType::parse(&r.event_type) {
+    let line = match r.event_type.parse::<EventType>().ok() {
         Some(EventType::Push) => s("image_reference").map(|i| {
             let size = u("size").map(|n| format!(" ({})", bytes(n))).unwrap_or_default();
             let skipped = if d.get("was_skipped").and_then(Value::as_bool) == Some(true) { ", unchanged" } else { "" };

@@ -4,9 +4,25 @@
 
 use serde::{Deserialize, Serialize};
 
+// Each enum's words come from serde (the wire) and from strum (`as_str`, `Display`, `FromStr`),
+// both from the variant names in kebab-case; a test checks that they agree for every variant.
+
 /// How a deploy ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum DeployResult {
     /// Traffic is on a new container of the image.
     Succeeded,
@@ -23,13 +39,7 @@ pub enum DeployResult {
 
 impl DeployResult {
     pub fn as_str(self) -> &'static str {
-        match self {
-            DeployResult::Succeeded => "succeeded",
-            DeployResult::Unchanged => "unchanged",
-            DeployResult::Failed => "failed",
-            DeployResult::RolledBack => "rolled-back",
-            DeployResult::Superseded => "superseded",
-        }
+        self.into()
     }
 
     /// `failed` and `rolled-back`: the image (or its verification) failed, and trying the same
@@ -40,8 +50,22 @@ impl DeployResult {
 }
 
 /// Where an agent's service stands, as its registration's `status` says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum AgentStatus {
     /// Started, not reconciled yet.
     #[default]
@@ -64,21 +88,26 @@ pub enum AgentStatus {
 impl AgentStatus {
     /// The registration's wire value.
     pub fn as_str(self) -> &'static str {
-        match self {
-            AgentStatus::Starting => "starting",
-            AgentStatus::Converged => "converged",
-            AgentStatus::Deploying => "deploying",
-            AgentStatus::Failed => "failed",
-            AgentStatus::NoPointer => "no-pointer",
-            AgentStatus::Error => "error",
-            AgentStatus::Stopped => "stopped",
-        }
+        self.into()
     }
 }
 
 /// The serving container's health, as the registration reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Health {
     Healthy,
     Unhealthy,
@@ -87,24 +116,9 @@ pub enum Health {
 
 impl Health {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Healthy => "healthy",
-            Health::Unhealthy => "unhealthy",
-            Health::Unknown => "unknown",
-        }
+        self.into()
     }
 }
-
-macro_rules! display_as_str {
-    ($($t:ty),*) => {$(
-        impl std::fmt::Display for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    )*};
-}
-display_as_str!(DeployResult, AgentStatus, Health);
 
 #[cfg(test)]
 mod tests {
@@ -143,5 +157,30 @@ mod tests {
         ]);
         check(&[(Health::Healthy, "healthy"), (Health::Unhealthy, "unhealthy"), (Health::Unknown, "unknown")]);
         assert!(serde_json::from_str::<Health>("\"Healthy\"").is_err());
+    }
+
+    /// serde's word (the wire) and strum's (`as_str`, `Display`, `FromStr`) are the same for
+    /// every variant, so a variant added later cannot have two names.
+    #[test]
+    fn serde_and_strum_words_agree() {
+        fn check<T>()
+        where
+            T: strum::IntoEnumIterator + Serialize + std::str::FromStr + Copy + PartialEq + std::fmt::Debug,
+            T: std::fmt::Display + Into<&'static str>,
+        {
+            for v in T::iter() {
+                let word: &'static str = v.into();
+                assert_eq!(serde_json::to_value(v).unwrap(), serde_json::Value::String(word.to_owned()), "{v:?}");
+                assert_eq!(v.to_string(), word);
+                assert!(word.parse::<T>().is_ok_and(|p| p == v), "{word} parses back to {v:?}");
+            }
+        }
+        check::<DeployResult>();
+        check::<AgentStatus>();
+        check::<Health>();
+        check::<crate::docs::EventType>();
+        use strum::IntoEnumIterator;
+        assert_eq!(crate::docs::EventType::ALL.to_vec(), crate::docs::EventType::iter().collect::<Vec<_>>());
+        assert!("Healthy".parse::<Health>().is_err());
     }
 }

@@ -178,7 +178,10 @@ pub trait Notifier: Send + Sync + std::fmt::Debug {
 }
 
 /// Where `recorded_by` says a record came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display, strum::EnumString, strum::EnumIter,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum Origin {
     Cli,
     Lambda,
@@ -187,11 +190,7 @@ pub enum Origin {
 
 impl Origin {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Cli => "cli",
-            Origin::Lambda => "lambda",
-            Origin::Agent => "agent",
-        }
+        self.into()
     }
 }
 
@@ -421,5 +420,23 @@ impl Handlers {
             );
         }
         Ok(Outcome::Rejected { reason, archived_to: archived, audit_key: Some(audit_key), deleted })
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use strum::IntoEnumIterator;
+
+    use super::Origin;
+
+    /// The `recorded_by` words: `as_str`, `Display` and `FromStr` (strum) agree.
+    #[test]
+    fn origin_words() {
+        let words: Vec<&str> = Origin::iter().map(Origin::as_str).collect();
+        assert_eq!(words, ["cli", "lambda", "agent"]);
+        for o in Origin::iter() {
+            assert_eq!(o.to_string(), o.as_str());
+            assert_eq!(o.as_str().parse::<Origin>(), Ok(o));
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! and still check every byte it loads.
 
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 /// Per-range digests of an archive in the layered layout (see `docs/bucket-layout.md`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +24,7 @@ pub struct LayerIndex {
 }
 
 /// One range of an indexed archive.
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexRange {
     pub offset: u64,
@@ -32,10 +34,10 @@ pub struct IndexRange {
     /// Uncompressed bytes of the range (tar headers and padding included).
     pub tar_length: u64,
     /// The layer it holds (`sha256:...`); absent for the tail.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub diff_id: Option<String>,
     /// The tar entry it holds (what the manifest names); absent for the tail.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub path: Option<String>,
 }
 

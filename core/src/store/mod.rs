@@ -25,6 +25,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use serde_with::skip_serializing_none;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::names::ObjectKey;
@@ -397,6 +398,7 @@ pub async fn read_small(
 }
 
 /// One conditional operation the probe tried, and whether the store honoured its condition.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProbeCheck {
     /// `PutObject If-None-Match`, `CompleteMultipartUpload If-Match`, ...
@@ -405,7 +407,6 @@ pub struct ProbeCheck {
     pub required: bool,
     pub honoured: bool,
     /// Why the operation could not be tried (a server without multipart uploads...).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 

@@ -10,7 +10,6 @@ mod traffic;
 mod values;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,8 +26,24 @@ use values::{check_volume, de_duration, de_opt_memory, de_restart, is_env_key};
 use crate::docker::RestartPolicy;
 
 /// One of the two slots a service alternates between.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Color {
     Blue,
     Green,
@@ -45,20 +60,7 @@ impl Color {
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Color::Blue => "blue",
-            Color::Green => "green",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Color> {
-        Color::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-}
-
-impl fmt::Display for Color {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -452,6 +454,20 @@ impl DeploySpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The color words of specs, state files and labels (serde) and `as_str`/`Display`/
+    /// `FromStr` (strum) agree; `ALL` lists every color.
+    #[test]
+    fn serde_and_strum_color_words_agree() {
+        use strum::IntoEnumIterator;
+        assert_eq!(Color::ALL.to_vec(), Color::iter().collect::<Vec<_>>());
+        for c in Color::iter() {
+            assert_eq!(serde_json::to_value(c).unwrap(), serde_json::Value::String(c.as_str().to_owned()), "{c:?}");
+            assert_eq!(c.to_string(), c.as_str());
+            assert_eq!(c.as_str().parse::<Color>(), Ok(c));
+        }
+        assert!("Blue".parse::<Color>().is_err());
+    }
 
     const FULL: &str = r#"
 app = "web"

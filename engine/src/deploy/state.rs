@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use s3dock_core::docs::DeployOutcome;
 use s3dock_core::names::{AppName, EnvName, ImageRef};
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use super::spec::{Color, DeploySpec};
 
@@ -31,8 +32,22 @@ pub const STATE_SCHEMA_VERSION: u32 = 1;
 
 /// Where a deploy stands. The state file is written *before* each phase's first action, so
 /// after a crash the phase says what may have been done, never less.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Phase {
     /// No deploy in flight; traffic is on `old` (or nowhere, for a service never deployed).
     Idle,
@@ -52,30 +67,17 @@ pub enum Phase {
 
 impl Phase {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Idle => "idle",
-            Phase::Starting => "starting",
-            Phase::HealthCheck => "health-check",
-            Phase::Switching => "switching",
-            Phase::Verifying => "verifying",
-            Phase::RollingBack => "rolling-back",
-            Phase::Draining => "draining",
-        }
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
 /// One color's container as the state file knows it.
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
     pub color: Color,
     /// Unknown between the decision to create it and the engine's answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub container_id: Option<String>,
     /// `app:tag`.
     #[serde(with = "image_ref_text")]
@@ -83,7 +85,7 @@ pub struct Slot {
     /// The engine's id of the image the container runs (`sha256:...`): what tells a re-pushed
     /// tag apart from the content already running under the same name. Absent in state files
     /// of older versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub image_id: Option<String>,
 }
 
@@ -109,6 +111,7 @@ mod image_ref_text {
 }
 
 /// The state file of one (app, env).
+#[skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployState {
     pub schema_version: u32,
@@ -116,27 +119,27 @@ pub struct DeployState {
     pub env: EnvName,
     pub phase: Phase,
     /// When idle: the container traffic is on. During a deploy: the one that served before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub old: Option<Slot>,
     /// During a deploy: the container being brought up. `None` when idle.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub new: Option<Slot>,
     /// The deploy in flight (or the last one): its id keys its audit record.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub deploy_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub started_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pointer_seq: Option<u64>,
     /// When traffic last moved, for the remaining drain grace after a restart.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub switched_at: Option<DateTime<Utc>>,
     /// Since when the container serving now has had the traffic (unchanged by deploys that
     /// failed), for the agent's registration.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub serving_since: Option<DateTime<Utc>>,
     /// The outcome of the last deploy, for the agent's state report.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_deploy: Option<DeployOutcome>,
     pub updated_at: DateTime<Utc>,
 }
@@ -394,6 +397,20 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+
+    /// The state file's phase words (serde) and `as_str`/`Display`/`FromStr` (strum) agree for
+    /// every phase.
+    #[test]
+    fn serde_and_strum_phase_words_agree() {
+        use strum::IntoEnumIterator;
+        for p in Phase::iter() {
+            assert_eq!(serde_json::to_value(p).unwrap(), serde_json::Value::String(p.as_str().to_owned()), "{p:?}");
+            assert_eq!(p.to_string(), p.as_str());
+            assert_eq!(p.as_str().parse::<Phase>(), Ok(p));
+        }
+        assert_eq!(Phase::HealthCheck.as_str(), "health-check");
+        assert_eq!(Phase::RollingBack.as_str(), "rolling-back");
+    }
 
     fn names() -> (AppName, EnvName) {
         (AppName::parse("web").unwrap(), EnvName::parse("production").unwrap())

@@ -118,7 +118,7 @@ impl NginxSwitch {
         let mut in_upstream = false;
         for line in text.lines().map(str::trim) {
             if let Some(c) = line.strip_prefix("# s3dock-color:") {
-                color = Color::parse(c.trim());
+                color = c.trim().parse().ok();
             } else if line.starts_with("upstream ") && line.ends_with('{') {
                 in_upstream = true;
             } else if in_upstream && line.starts_with('}') {
@@ -150,7 +150,7 @@ impl NginxSwitch {
                 self.cfg.upstream_name
             ));
         }
-        let color = Color::parse(color).ok_or_else(|| format!("names the color {color:?}"))?;
+        let color: Color = color.parse().map_err(|_| format!("names the color {color:?}"))?;
         let (host, port) = split_address(address).ok_or_else(|| format!("names the address {address:?}"))?;
         Ok(Upstream { host, port, color })
     }

@@ -29,13 +29,13 @@ async fn without_a_queue_the_periodic_reconcile_converges() {
     w.wait_converged("solo", &v1, Duration::from_secs(30)).await;
     eprintln!("converged through reconcile in {:.1}s (interval 2s)", started.elapsed().as_secs_f64());
     let c = w.assert_one_container(&v1).await;
-    let port = ports.port(s3dock_engine::Color::parse(&c.labels["io.s3dock.color"]).unwrap());
+    let port = ports.port(c.labels["io.s3dock.color"].parse().unwrap());
     assert_serves(port, "reconciled one").await;
     assert!(agent.stop(Duration::from_secs(30)).await.success());
 
     // --once: one round, exit 0 when converged.
     w.promote(&v2).await;
-    let out = Command::new(env!("CARGO_BIN_EXE_s3dock-agent"))
+    let out = Command::new(&w.agent_bin)
         .args(["--config", config.to_str().unwrap(), "--once"])
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
@@ -50,7 +50,7 @@ async fn without_a_queue_the_periodic_reconcile_converges() {
     w.s3dock(&["promote", &v1.to_string(), ENV]).await.unwrap();
     let key = s3dock_core::layout::image_metadata(&v1.app, &v1.tag);
     s3dock_core::store::ObjectStore::delete(&*w.store, &key).await.unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_s3dock-agent"))
+    let out = Command::new(&w.agent_bin)
         .args(["--config", config.to_str().unwrap(), "--once"])
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()

@@ -1,9 +1,16 @@
-//! What the agent's integration tests share: the real services (Docker, LocalStack, nginx) or a
+//! What the agent's end-to-end tests share: the real services (Docker, LocalStack, nginx) or a
 //! skip, a fresh bucket per test, images `FROM scratch` with busybox httpd pushed to it, the
 //! agent as a child process, the `s3dock` CLI (in-process and as a binary), nginx, and a
 //! bounded load loop.
 //!
 //! A missing service skips the test with a message on stderr, or fails it when `CI` is set.
+//! So does a missing binary: `s3dock-agent` and `s3dock` belong to other packages, so cargo
+//! does not build them for this one's tests (`env!("CARGO_BIN_EXE_…")` only names a package's
+//! own binaries). They are found beside the test executable, where `cargo test --workspace`
+//! and `cargo build` put them, or at `S3DOCK_AGENT_BIN` / `S3DOCK_BIN`. The crash tests need
+//! the agent built with the `fault-injection` feature, which `cargo test --workspace` turns on
+//! (this package's dev-dependency) and `cargo build` alone does not: see [`BUILD_HINT`].
+//!
 //! Every wait has a deadline; every loop is bounded.
 
 use std::os::unix::fs::PermissionsExt;
@@ -37,6 +44,40 @@ fn skip(why: &str) {
     s3dock_testkit::skip_unless_ci::<()>(why, "install or start it (tests/services.sh, .ci/run)");
 }
 
+/// How to build the binaries these tests run, as they need them.
+pub const BUILD_HINT: &str = "cargo build -p s3dock -p s3dock-agent --features s3dock-agent/fault-injection \
+     (cargo test --workspace builds them too)";
+
+/// A binary of the workspace: the path in the environment variable `var` when set, else `name`
+/// beside this test executable (`target/<profile>/deps/agent-…` -> `target/<profile>/<name>`).
+/// `None` (skip, or fail in CI, with [`BUILD_HINT`]) when it is not there.
+pub fn workspace_binary(name: &str, var: &str) -> Option<PathBuf> {
+    let path = match std::env::var_os(var) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            let exe = std::env::current_exe().expect("the test executable's path");
+            exe.parent().and_then(Path::parent).expect("the test executable is in target/<profile>/deps").join(name)
+        }
+    };
+    if path.is_file() {
+        return Some(path);
+    }
+    s3dock_testkit::skip_unless_ci(
+        &format!("the {name} binary ({}; {var} overrides the path)", path.display()),
+        &format!("build it: {BUILD_HINT}"),
+    )
+}
+
+/// The `s3dock-agent` binary ([`workspace_binary`], `S3DOCK_AGENT_BIN`).
+pub fn agent_bin() -> Option<PathBuf> {
+    workspace_binary("s3dock-agent", "S3DOCK_AGENT_BIN")
+}
+
+/// The `s3dock` binary ([`workspace_binary`], `S3DOCK_BIN`).
+pub fn s3dock_bin() -> Option<PathBuf> {
+    workspace_binary("s3dock", "S3DOCK_BIN")
+}
+
 /// Everything one test needs, or `None` (after saying why) when a service is missing.
 pub async fn world(with_nginx: bool) -> Option<World> {
     let engine = match BollardEngine::connect().await {
@@ -55,7 +96,8 @@ pub async fn world(with_nginx: bool) -> Option<World> {
         skip("/bin/busybox is missing (apt-get install busybox-static)");
         return None;
     }
-    Some(World::new(engine, endpoint).await)
+    let agent_bin = agent_bin()?;
+    Some(World::new(engine, endpoint, agent_bin).await)
 }
 
 /// Skips the test when a service is missing.
@@ -97,11 +139,13 @@ pub struct World {
     pub sqs: SqsClient,
     pub dir: tempfile::TempDir,
     pub app: String,
+    /// The `s3dock-agent` binary the test runs ([`agent_bin`]).
+    pub agent_bin: PathBuf,
     queues: std::sync::Mutex<Vec<String>>,
 }
 
 impl World {
-    async fn new(engine: BollardEngine, endpoint: String) -> World {
+    async fn new(engine: BollardEngine, endpoint: String, agent_bin: PathBuf) -> World {
         let app = unique("agt");
         let bucket = format!("s3dock-agent-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         s3dock_testkit::s3::create_test_bucket(&endpoint, &bucket).await;
@@ -121,7 +165,8 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         // nginx workers run as an unprivileged user when the tests run as root.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let world = World { engine, endpoint, bucket, store, registry, sqs, dir, app, queues: Default::default() };
+        let world =
+            World { engine, endpoint, bucket, store, registry, sqs, dir, app, agent_bin, queues: Default::default() };
         world.cli_config_async().await;
         world
     }
@@ -389,21 +434,6 @@ pub fn notified(promote_json: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The `s3dock` binary: `S3DOCK_BIN`, else beside this test (`cargo test --workspace` and
-/// `cargo build -p s3dock` put it there). `None` (skip) when it is not built, unless `CI`.
-pub fn s3dock_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("S3DOCK_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("s3dock");
-    if bin.is_file() {
-        return Some(bin);
-    }
-    skip("the s3dock binary is not built next to the tests (cargo build -p s3dock, or set S3DOCK_BIN)");
-    None
-}
-
 // ------------------------------------------------------------------------------ the agent
 
 /// `s3dock-agent` as a child process, its stderr in a file.
@@ -411,6 +441,7 @@ pub struct Agent {
     pub id: String,
     child: Option<Child>,
     pub log: PathBuf,
+    bin: PathBuf,
 }
 
 impl Agent {
@@ -420,7 +451,7 @@ impl Agent {
         let n = std::fs::read_dir(world.dir.path()).map(|d| d.count()).unwrap_or(0);
         let log = world.path(&format!("agent-{id}-{n}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3dock-agent"));
+        let mut cmd = Command::new(&world.agent_bin);
         cmd.arg("--config")
             .arg(config)
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -433,7 +464,7 @@ impl Agent {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("starting s3dock-agent");
-        Agent { id: id.to_owned(), child: Some(child), log }
+        Agent { id: id.to_owned(), child: Some(child), log, bin: world.agent_bin.clone() }
     }
 
     pub fn log_text(&self) -> String {
@@ -451,6 +482,31 @@ impl Agent {
                 panic!("agent {} exited ({status}) before logging {needle:?}:\n{}", self.id, self.log_text());
             }
             assert!(Instant::now() < deadline, "agent {} never logged {needle:?}:\n{}", self.id, self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Checks that this agent, started with `S3DOCK_AGENT_CRASH_AT`, reads it: a binary built
+    /// without the `fault-injection` feature ignores the variable and would deploy to the end,
+    /// which a test would only see as a wait for the crash point running out.
+    pub async fn assert_fault_injection_on(&mut self) {
+        const ON: &str = "fault injection is on";
+        // The agent logs it right after reading its configuration, before anything else.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log_text();
+            if log.contains(ON) {
+                return;
+            }
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= deadline {
+                panic!(
+                    "the s3dock-agent binary {} has no crash points: it was built without the \
+                     fault-injection feature (its log never says {ON:?}{}). Build it with: {BUILD_HINT}\n{log}",
+                    self.bin.display(),
+                    exited.map(|s| format!("; it exited: {s}")).unwrap_or_default(),
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

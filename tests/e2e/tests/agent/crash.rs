@@ -4,7 +4,8 @@
 //!
 //! The kill is exact thanks to the fault-injection hook (`S3DOCK_AGENT_CRASH_AT`, see
 //! `s3dock_agent::fault`): the agent announces the point on stderr and stops there, the test
-//! sends SIGKILL.
+//! sends SIGKILL. The hook exists only in an agent built with the `fault-injection` feature
+//! (`cargo test --workspace` builds it so); the test fails, saying so, with any other binary.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,7 @@ async fn an_agent_killed_at_any_step_converges_on_restart() {
         eprintln!("--- kill at {point} while deploying {}", target.0);
         w.promote(&target.0).await;
         let mut doomed = Agent::start(&w, "web-1", &config, &[(s3dock_agent::fault::CRASH_AT_ENV, point)]);
+        doomed.assert_fault_injection_on().await;
         doomed.wait_log(&format!("fault injection: reached {point}"), LONG).await;
         doomed.sigkill();
         let found = phase().unwrap_or_default();
