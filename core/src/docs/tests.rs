@@ -1,6 +1,7 @@
 //! Unit tests of `docs`.
 
 use super::*;
+use crate::names::EnvName;
 
 /// Exactly what the original Go tool's `json.MarshalIndent` wrote (Go `time.Time` with a
 /// local offset and nanoseconds).
