@@ -149,7 +149,11 @@ pub async fn push(
         PushPlan::Upload(plan) => plan,
     };
     let format = save_format(engine).await?;
-    let saved = engine.save_image(&reference).await?;
+    // `docker save` takes a while to send its first byte (the engine exports every layer
+    // first): look up the ranges the bucket already holds meanwhile.
+    let (saved, sources) = tokio::join!(engine.save_image(&reference), registry.reusable_ranges(image));
+    let saved = saved?;
+    let sources = sources?;
     let counted = transfer::counting(transfer::cancellable(saved, cancel.clone()), progress.clone());
     let reopen = reopen_save(engine, &reference, cancel, progress);
     let facts = PushFacts {
@@ -162,7 +166,7 @@ pub async fn push(
         tar_bytes: Some(progress.clone()),
     };
     // The layered layout, composed from ranges the bucket already holds where it can.
-    let mut outcome = registry.push_layered(image, &facts, counted, &reopen, plan, req.gzip, true).await?;
+    let mut outcome = registry.push_layered_from(image, &facts, counted, &reopen, plan, req.gzip, sources).await?;
     outcome.image = image.clone();
     Ok(PushReport {
         image: image.clone(),

@@ -12,7 +12,7 @@
 //! layout) are the range's first bytes downloaded to complete them. Completion carries the
 //! write's precondition, like every upload.
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::task::JoinSet;
 
 use aws_sdk_s3::types::CompletedPart;
@@ -69,7 +69,10 @@ impl S3Store {
     ) -> Result<u64, StoreError> {
         let key = &upload.key;
         let part_size = self.cfg.part_size.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
-        let mut buf = BytesMut::new();
+        // Room for a part, the minimum left behind, and one more piece (at most a small range
+        // or a held-back layer, under 5 MiB): the buffer never grows past it, and parts are
+        // copied out of it, so a part in flight never pins the buffer's allocation.
+        let mut buf = BytesMut::with_capacity(part_size + 2 * MIN_PART_SIZE);
         let mut number: i32 = 0;
         let mut total = 0u64;
         let next = |n: &mut i32| -> Result<i32, StoreError> {
@@ -101,7 +104,8 @@ impl S3Store {
                         }
                         if !buf.is_empty() {
                             let n = next(&mut number)?;
-                            tasks.spawn(upload.clone().part(n, buf.split().freeze()));
+                            tasks.spawn(upload.clone().part(n, Bytes::copy_from_slice(&buf)));
+                            buf.clear();
                         }
                         if range.length < MIN_PART_SIZE as u64 {
                             buf.extend_from_slice(&self.download(&range).await?);
@@ -132,7 +136,9 @@ impl S3Store {
             // range make a part of their own without borrowing the range's head.
             while buf.len() >= part_size + MIN_PART_SIZE {
                 let n = next(&mut number)?;
-                tasks.spawn(upload.clone().part(n, buf.split_to(part_size).freeze()));
+                let part = Bytes::copy_from_slice(&buf[..part_size]);
+                buf.advance(part_size);
+                tasks.spawn(upload.clone().part(n, part));
                 self.throttle(upload, tasks, parts).await?;
             }
             self.throttle(upload, tasks, parts).await?;
@@ -160,7 +166,7 @@ impl S3Store {
     }
 
     /// A range too small to be a part of its own, read to be uploaded with its neighbours.
-    async fn download(&self, range: &CopyRange) -> Result<bytes::Bytes, StoreError> {
+    async fn download(&self, range: &CopyRange) -> Result<Bytes, StoreError> {
         read_range(self, range).await
     }
 }

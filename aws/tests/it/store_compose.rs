@@ -25,9 +25,11 @@ pub(crate) async fn compose(t: &Target) {
         Piece::Copy(CopyRange { key: k.clone(), etag: etag.clone(), offset: offset as u64, length: length as u64 })
     };
     let small = pseudo_random(100 * 1024, 23);
-    let middle = pseudo_random(6 * MIB, 24);
+    // Long enough to be cut into parts (S3 targets use 5 MiB parts) with at least a minimum
+    // part left behind for the range after it.
+    let middle = pseudo_random(13 * MIB, 24);
     // Small bytes before a large range (completed with the range's first bytes), a small range
-    // (downloaded), a large range after a short run of bytes, and a few bytes to end with.
+    // (downloaded), a large range after a run of bytes, and a few bytes to end with.
     let pieces = vec![
         Ok(Piece::Data(Bytes::from(small.clone()))),
         Ok(range(&ka, &ia.etag, MIB, 7 * MIB)),

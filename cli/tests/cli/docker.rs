@@ -32,7 +32,7 @@ impl Drop for Images {
 }
 
 fn unique_app() -> String {
-    format!("cli-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    s3dock_testkit::unique("cli-test")
 }
 
 fn git(dir: &Path, args: &[&str]) {
@@ -214,7 +214,7 @@ fn an_interrupted_push_to_localstack_leaves_no_upload_and_no_metadata() {
         return;
     }
     let rt = rt();
-    let bucket = format!("s3dock-cli-int-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let bucket = s3dock_testkit::unique("s3dock-cli-int");
     rt.block_on(s3dock_testkit::s3::create_test_bucket(&endpoint, &bucket));
     let mut sb = Sandbox::new();
     sb.env = vec![

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 
@@ -185,8 +185,7 @@ pub(crate) fn client(endpoint: &str) -> aws_sdk_s3::Client {
 }
 
 pub(crate) fn unique_bucket(what: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("s3dock-cli-{what}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
+    s3dock_testkit::unique(&format!("s3dock-cli-{what}"))
 }
 
 pub(crate) async fn list_keys(c: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {

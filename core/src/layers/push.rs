@@ -25,22 +25,24 @@ impl Registry {
     /// Only indexed archives still at the ETag their metadata committed count.
     pub async fn reusable_ranges(&self, image: &ImageRef) -> Result<HashMap<String, ReuseSource>> {
         let app = &image.app;
+        let (envs, images) = futures::join!(self.list_envs(app), self.list_images(app, None));
         let mut candidates: Vec<ImageRef> = Vec::new();
-        for env in self.list_envs(app).await.unwrap_or_default() {
+        for env in envs.unwrap_or_default() {
             if let Ok(current) = env.image {
                 candidates.push(current);
             }
         }
-        for entry in self.list_images(app, None).await?.into_iter().filter(|e| e.metadata.is_some()).take(MAX_SOURCES) {
+        for entry in images?.into_iter().filter(|e| e.metadata.is_some()).take(MAX_SOURCES) {
             candidates.push(entry.image);
         }
         let mut seen = std::collections::HashSet::new();
+        candidates.retain(|c| seen.insert(c.clone()));
+        candidates.truncate(MAX_SOURCES);
+        // Read at once; taken in the order above, so the pointers' images come first.
+        let records = futures::future::join_all(candidates.iter().map(|c| self.image(c))).await;
         let mut out: HashMap<String, ReuseSource> = HashMap::new();
-        for candidate in candidates {
-            if seen.len() >= MAX_SOURCES || !seen.insert(candidate.clone()) {
-                continue;
-            }
-            let Ok(record) = self.image(&candidate).await else { continue };
+        for (candidate, record) in candidates.into_iter().zip(records) {
+            let Ok(record) = record else { continue };
             let (Some(index), Some(etag)) = (&record.metadata.layers, &record.metadata.archive_etag) else { continue };
             for r in &index.ranges {
                 let (Some(path), Some(_)) = (&r.path, &r.diff_id) else { continue };
@@ -75,6 +77,22 @@ impl Registry {
         reuse: bool,
     ) -> Result<PushOutcome> {
         let sources = if reuse { self.reusable_ranges(image).await? } else { HashMap::new() };
+        self.push_layered_from(image, facts, tar, reopen, plan, gzip, sources).await
+    }
+
+    /// [`Registry::push_layered`] with the ranges to reuse already looked up (a caller can look
+    /// them up while `docker save` prepares its stream).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn push_layered_from(
+        &self,
+        image: &ImageRef,
+        facts: &PushFacts,
+        tar: BoxReader,
+        reopen: OpenArchive<'_, '_>,
+        plan: Upload,
+        gzip: GzipOptions,
+        sources: HashMap<String, ReuseSource>,
+    ) -> Result<PushOutcome> {
         if sources.is_empty() {
             return self.push_layered_once(image, facts, tar, plan, gzip, sources).await;
         }

@@ -34,7 +34,7 @@ pub(crate) use engine_or_skip;
 
 /// `s3dock-test-<12 hex>`: a valid app name and image repository no other test uses.
 pub fn unique_repo() -> String {
-    format!("s3dock-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    s3dock_testkit::unique("s3dock-test")
 }
 
 /// Removes the containers and images it was told about, also when the test panics. Needs the

@@ -111,9 +111,7 @@ macro_rules! world_or_skip {
 }
 pub(crate) use world_or_skip;
 
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
+pub use s3dock_testkit::unique;
 
 /// Two free 127.0.0.1 ports (held at once, so they differ).
 /// What a test image does.
@@ -147,7 +145,7 @@ pub struct World {
 impl World {
     async fn new(engine: BollardEngine, endpoint: String, agent_bin: PathBuf) -> World {
         let app = unique("agt");
-        let bucket = format!("s3dock-agent-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let bucket = unique("s3dock-agent-test");
         s3dock_testkit::s3::create_test_bucket(&endpoint, &bucket).await;
         let mut cfg = S3Config::new(&bucket).unwrap();
         cfg.endpoint = Some(endpoint.clone());
