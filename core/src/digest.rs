@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
+use strum::{Display, EnumIter, EnumString, IntoStaticStr};
 
 use md5::Md5;
 use serde::{Deserialize, Serialize};
@@ -183,9 +184,7 @@ impl<'a> From<&'a ImageMetadata> for Expected<'a> {
 }
 
 /// Which part of the digests disagreed.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display, strum::EnumString, strum::EnumIter,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, IntoStaticStr, Display, EnumString, EnumIter)]
 #[strum(serialize_all = "lowercase")]
 pub enum DigestField {
     Size,

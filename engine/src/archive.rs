@@ -12,10 +12,10 @@
 //! `<64-hex>/` layer directory or `<64-hex>.json` config for a Docker archive. That makes
 //! [`sniff_archive_format`] usable on the first few kilobytes of a stream.
 
+use strum::{Display, EnumIter, EnumString, IntoStaticStr};
+
 /// The layout of a `docker save` archive.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display, strum::EnumString, strum::EnumIter,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, Display, EnumString, EnumIter)]
 #[strum(serialize_all = "kebab-case")]
 pub enum ArchiveFormat {
     /// The classic layout: `manifest.json`, `<id>.json`, one directory per layer.

@@ -27,6 +27,7 @@
 //!   and announces again (agents act once per pointer seq), so no agent is left unnotified.
 
 use std::sync::Arc;
+use strum::{Display, EnumIter, EnumString, IntoStaticStr};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -178,9 +179,7 @@ pub trait Notifier: Send + Sync + std::fmt::Debug {
 }
 
 /// Where `recorded_by` says a record came from.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display, strum::EnumString, strum::EnumIter,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, IntoStaticStr, Display, EnumString, EnumIter)]
 #[strum(serialize_all = "lowercase")]
 pub enum Origin {
     Cli,

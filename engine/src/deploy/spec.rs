@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
+use strum::{Display, EnumIter, EnumString, IntoStaticStr};
 
 use s3dock_core::names::{AppName, EnvName};
 use serde::{Deserialize, Serialize};
@@ -37,10 +38,10 @@ use crate::docker::RestartPolicy;
     Ord,
     Serialize,
     Deserialize,
-    strum::IntoStaticStr,
-    strum::Display,
-    strum::EnumString,
-    strum::EnumIter,
+    IntoStaticStr,
+    Display,
+    EnumString,
+    EnumIter,
 )]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]

@@ -18,6 +18,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use strum::{Display, EnumIter, EnumString, IntoStaticStr};
 
 use chrono::{DateTime, Utc};
 use s3dock_core::docs::DeployOutcome;
@@ -33,18 +34,7 @@ pub const STATE_SCHEMA_VERSION: u32 = 1;
 /// Where a deploy stands. The state file is written *before* each phase's first action, so
 /// after a crash the phase says what may have been done, never less.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    strum::IntoStaticStr,
-    strum::Display,
-    strum::EnumString,
-    strum::EnumIter,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, IntoStaticStr, Display, EnumString, EnumIter,
 )]
 #[serde(rename_all = "kebab-case")]
 #[strum(serialize_all = "kebab-case")]

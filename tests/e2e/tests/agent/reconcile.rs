@@ -35,12 +35,7 @@ async fn without_a_queue_the_periodic_reconcile_converges() {
 
     // --once: one round, exit 0 when converged.
     w.promote(&v2).await;
-    let out = Command::new(&w.agent_bin)
-        .args(["--config", config.to_str().unwrap(), "--once"])
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stderr) = once(&w.agent_bin, &config);
     assert!(out.status.success(), "--once: {}\n{stderr}", out.status);
     w.assert_one_container(&v2).await;
     let state = w.registration("solo").await.unwrap().state.unwrap();
@@ -50,13 +45,19 @@ async fn without_a_queue_the_periodic_reconcile_converges() {
     w.s3dock(&["promote", &v1.to_string(), ENV]).await.unwrap();
     let key = s3dock_core::layout::image_metadata(&v1.app, &v1.tag);
     s3dock_core::store::ObjectStore::delete(&*w.store, &key).await.unwrap();
-    let out = Command::new(&w.agent_bin)
+    let (out, stderr) = once(&w.agent_bin, &config);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{}/{ENV}: error:", w.app)), "{stderr}");
+    w.assert_one_container(&v2).await;
+}
+
+/// `s3dock-agent --config CONFIG --once`: its exit status and stderr.
+fn once(agent: &std::path::Path, config: &std::path::Path) -> (std::process::Output, String) {
+    let out = Command::new(agent)
         .args(["--config", config.to_str().unwrap(), "--once"])
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("{}/{ENV}: error:", w.app)), "{stderr}");
-    w.assert_one_container(&v2).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
 }
