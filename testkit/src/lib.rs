@@ -66,6 +66,21 @@ pub fn normal_dependencies(package: &str, manifest: &str) -> Vec<String> {
         .collect()
 }
 
+/// Deterministic bytes that do not repeat with any short period and do not compress (xorshift):
+/// a misplaced part or a shifted range cannot compare equal by accident.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// `name` made bucket-safe plus a random suffix.
 pub fn unique(name: &str) -> String {
     let mut clean: String = name

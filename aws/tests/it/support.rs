@@ -24,20 +24,7 @@ pub fn key(s: &str) -> ObjectKey {
     ObjectKey::parse(s).unwrap_or_else(|e| panic!("test key {s:?}: {e}"))
 }
 
-/// Deterministic bytes that do not repeat with any short period (so a misplaced part or a
-/// shifted range cannot compare equal by accident).
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+pub use s3dock_testkit::pseudo_random;
 
 pub fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;

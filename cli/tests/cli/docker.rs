@@ -57,15 +57,7 @@ fn committed_app(dir: &Path, app: &str, marker: &str, blob_mb: usize) {
     let mut dockerfile =
         format!("FROM scratch\nLABEL io.s3dock.test.repository=\"{app}\"\nCOPY busybox /bin/busybox\nCOPY www /www\n");
     if blob_mb > 0 {
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut blob = vec![0u8; blob_mb << 20];
-        for chunk in blob.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        std::fs::write(dir.join("blob"), blob).unwrap();
+        std::fs::write(dir.join("blob"), s3dock_testkit::pseudo_random(blob_mb << 20, 1)).unwrap();
         dockerfile.push_str("COPY blob /blob\n");
     }
     dockerfile.push_str("CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n");

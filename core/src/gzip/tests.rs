@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+// Incompressible bytes (xorshift), the same for the same seed.
+use s3dock_testkit::pseudo_random as random_bytes;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::*;
@@ -13,19 +15,6 @@ const BLOCK: usize = 16 * 1024;
 
 fn opts(threads: usize) -> GzipOptions {
     GzipOptions { level: 1, threads, block_size: BLOCK }
-}
-
-/// Incompressible bytes (xorshift), the same for the same seed.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// Text-like bytes that compress well but not trivially.

@@ -275,15 +275,7 @@ fn oci(top_seed: u8) -> Image {
         e.finish().unwrap()
     };
     // A base of random bytes: its gzip blob is over 1 MiB, so it gets a range of its own.
-    let mut x = 0x9e3779b97f4a7c15u64;
-    let noise: Vec<u8> = (0..1_300_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = s3dock_testkit::pseudo_random(1_300_000, 1);
     let base_raw = {
         let mut t = tar::entry("noise", Kind::File, &noise, "");
         t.extend(tar::end_marker());

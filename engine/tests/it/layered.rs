@@ -14,21 +14,10 @@ use s3dock_core::store::{LocalStore, ObjectStore};
 use s3dock_core::transfer::Progress;
 use s3dock_engine::DockerEngine;
 use s3dock_engine::ship::{self, GitOverride, PullRequest, PullTarget, PushRequest};
+use s3dock_testkit::pseudo_random as noise;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::*;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn files(repo: &str, top: &str) -> Vec<(String, Vec<u8>)> {
     let dockerfile = format!(
